@@ -1,0 +1,1 @@
+"""smsledger's durable record: scheduled orders, their states and an append-only history."""

@@ -1,0 +1,89 @@
+"""Exceptions raised by the ledger.
+
+    LedgerError                      the root: anything the ledger refuses or cannot do
+    ├── ConfigError                  the config file or an environment override is wrong
+    ├── LedgerUnavailable            the database cannot be opened or reached
+    ├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
+    │   └── NaiveDatetimeError
+    ├── RegistrationConflict         same order id registered again with another send time
+    ├── OrderNotFound                the order id is not in the ledger
+    ├── CancelRefused                the cancel came too close to (or after) dispatch
+    └── IllegalTransition            a state change the transition table does not allow
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledger.models import Order
+
+__all__ = [
+    "CancelRefused",
+    "ConfigError",
+    "IllegalTransition",
+    "InvalidInput",
+    "LedgerError",
+    "LedgerUnavailable",
+    "NaiveDatetimeError",
+    "OrderNotFound",
+    "RegistrationConflict",
+]
+
+
+class LedgerError(Exception):
+    """The ledger refused the request or could not carry it out."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(LedgerError):
+    """The configuration is invalid."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger database cannot be opened or reached."""
+
+
+class InvalidInput(LedgerError, ValueError):
+    """An argument is not acceptable."""
+
+
+class NaiveDatetimeError(InvalidInput):
+    """A naive datetime was given where an aware one is required."""
+
+
+class RegistrationConflict(LedgerError):
+    """The order id is already registered with a different send time."""
+
+    def __init__(self, order_id: str, existing: datetime, requested: datetime) -> None:
+        self.order_id = order_id
+        self.existing = existing
+        self.requested = requested
+        super().__init__(
+            f"order {order_id} is already registered for {existing.isoformat()}; "
+            f"refusing to register it again for {requested.isoformat()}"
+        )
+
+
+class OrderNotFound(LedgerError):
+    """The order is not in the ledger."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(f"order {order_id} is not in the ledger")
+
+
+class CancelRefused(LedgerError):
+    """The cancel was refused because dispatch is too close or already past."""
+
+    def __init__(self, order: Order, seconds_left: float) -> None:
+        self.order = order
+        self.seconds_left = seconds_left
+        super().__init__(f"cancel of order {order.order_id} refused: {order.reason}")
+
+
+class IllegalTransition(LedgerError):
+    """The transition table does not allow this state change."""
