@@ -1,1 +1,47 @@
-"""smsledger's durable record: scheduled orders, their states and an append-only history."""
+"""smsledger's durable record: scheduled orders, their states and an append-only history.
+
+Importing this package configures nothing (no logging, no database): see `Ledger` and
+`configure_logging`.
+"""
+
+from ledger._clock import utcnow
+from ledger.api import Ledger
+from ledger.config import Config, load_config
+from ledger.errors import (
+    CancelRefused,
+    ConfigError,
+    IllegalTransition,
+    InvalidInput,
+    LedgerError,
+    LedgerUnavailable,
+    NaiveDatetimeError,
+    OrderNotFound,
+    RegistrationConflict,
+)
+from ledger.logsetup import configure_logging
+from ledger.models import Event, Order
+from ledger.states import FINAL_STATES, TRANSITIONS, OrderState
+from ledger.store import TransitionResult
+
+__all__ = [
+    "FINAL_STATES",
+    "TRANSITIONS",
+    "CancelRefused",
+    "Config",
+    "ConfigError",
+    "Event",
+    "IllegalTransition",
+    "InvalidInput",
+    "Ledger",
+    "LedgerError",
+    "LedgerUnavailable",
+    "NaiveDatetimeError",
+    "Order",
+    "OrderNotFound",
+    "OrderState",
+    "RegistrationConflict",
+    "TransitionResult",
+    "configure_logging",
+    "load_config",
+    "utcnow",
+]

@@ -1,14 +1,14 @@
 """Exceptions raised by the ledger.
 
-    LedgerError                      the root: anything the ledger refuses or cannot do
-    ├── ConfigError                  the config file or an environment override is wrong
-    ├── LedgerUnavailable            the database cannot be opened or reached
-    ├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
-    │   └── NaiveDatetimeError
-    ├── RegistrationConflict         same order id registered again with another send time
-    ├── OrderNotFound                the order id is not in the ledger
-    ├── CancelRefused                the cancel came too close to (or after) dispatch
-    └── IllegalTransition            a state change the transition table does not allow
+LedgerError                      the root: anything the ledger refuses or cannot do
+├── ConfigError                  the config file or an environment override is wrong
+├── LedgerUnavailable            the database cannot be opened or reached
+├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
+│   └── NaiveDatetimeError
+├── RegistrationConflict         same order id registered again with another send time
+├── OrderNotFound                the order id is not in the ledger
+├── CancelRefused                the cancel came too close to (or after) dispatch
+└── IllegalTransition            a state change the transition table does not allow
 """
 
 from __future__ import annotations

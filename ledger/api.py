@@ -1,0 +1,307 @@
+"""`Ledger`: the library calls other programs use to register orders and ask for cancels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+
+import structlog
+
+from ledger._clock import ensure_aware, utcnow
+from ledger.config import Config, load_config
+from ledger.errors import (
+    CancelRefused,
+    InvalidInput,
+    OrderNotFound,
+    RegistrationConflict,
+)
+from ledger.logsetup import configure_logging
+from ledger.margins import Window, window
+from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.states import OrderState
+from ledger.store import Store, TransitionResult, display_url
+
+__all__ = ["Ledger"]
+
+log = structlog.get_logger("smsledger.ledger")
+
+LABEL_MAX = 200
+#: Asking again for a cancel that is already under way (or done) changes nothing.
+_ALREADY_CANCELLING = frozenset(
+    {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
+)
+
+
+def check_order_id(order_id: object) -> str:
+    """Return the order id as text, refusing what no provider id can be."""
+    if isinstance(order_id, int) and not isinstance(order_id, bool):
+        order_id = str(order_id)
+    if not isinstance(order_id, str):
+        raise InvalidInput(f"order id must be text, got {type(order_id).__name__}")
+    text = order_id.strip()
+    if not text:
+        raise InvalidInput("order id is empty")
+    if len(text) > ORDER_ID_MAX:
+        raise InvalidInput(
+            f"order id {text[:20]}... is {len(text)} characters long; at most {ORDER_ID_MAX}"
+        )
+    if not text.isprintable() or any(ch.isspace() for ch in text):
+        raise InvalidInput(f"order id {text!r} contains spaces or control characters")
+    return text
+
+
+def _check_label(label: str | None) -> str | None:
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput(f"label must be text, got {type(label).__name__}")
+    if len(label) > LABEL_MAX:
+        raise InvalidInput(f"label is {len(label)} characters long; at most {LABEL_MAX}")
+    return label
+
+
+class Ledger:
+    """The durable record of scheduled orders; safe to use from several processes at once.
+
+    `warn_before` and `refuse_before` are the local margins before dispatch: inside the first a
+    cancel is accepted with a warning, inside the second it is refused without calling the
+    provider.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///smsledger.db",
+        *,
+        warn_before: timedelta = timedelta(minutes=15),
+        refuse_before: timedelta = timedelta(minutes=5),
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+        create: bool = True,
+    ) -> None:
+        if refuse_before < timedelta(0):
+            raise InvalidInput("refuse_before must not be negative")
+        if refuse_before >= warn_before:
+            raise InvalidInput(
+                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
+                f"warn_before ({warn_before.total_seconds():g} s)"
+            )
+        self.warn_before = warn_before
+        self.refuse_before = refuse_before
+        self._clock = clock
+        self.store = Store(url, synchronous=synchronous, busy_timeout=busy_timeout)
+        if create:
+            self.store.create_schema()
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | Config | None = None,
+        *,
+        setup_logging: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> Ledger:
+        """Open the ledger a config file describes, and set up logging from its ``[log]``."""
+        config = path if isinstance(path, Config) else load_config(path)
+        if setup_logging:
+            configure_logging(config.log, secrets=(config.api.key, config.api.hash))
+        return cls(
+            config.ledger.url,
+            warn_before=config.windows.warn_before,
+            refuse_before=config.windows.refuse_before,
+            synchronous=config.ledger.synchronous,
+            busy_timeout=config.ledger.busy_timeout_seconds,
+            clock=clock,
+        )
+
+    def now(self) -> datetime:
+        """The ledger's clock: aware UTC."""
+        return self._clock()
+
+    def close(self) -> None:
+        self.store.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({display_url(self.store.url)!r})"
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self, order_id: str, send_at: datetime, label: str | None = None) -> Order:
+        """Record a scheduled order; registering the same id and time again changes nothing."""
+        oid = check_order_id(order_id)
+        when = ensure_aware(send_at, "send_at")
+        label = _check_label(label)
+        now = self.now()
+        with self.store.write() as conn:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, "registered")
+            order = self.store.get(oid, conn)
+        assert order is not None
+        self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
+        return order
+
+    def register_many(
+        self,
+        orders: Iterable[tuple[str, datetime] | tuple[str, datetime, str | None]],
+        *,
+        label: str | None = None,
+    ) -> int:
+        """Register many orders in one transaction; return how many were new.
+
+        All or nothing: one bad item (naive time, bad id, an id already registered for another
+        time) fails the whole batch and leaves the ledger unchanged.
+        """
+        default_label = _check_label(label)
+        batch: dict[str, tuple[str, datetime, str | None]] = {}
+        for n, item in enumerate(orders):
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise InvalidInput(f"item {n} must be (order_id, send_at[, label]), got {item!r}")
+            oid = check_order_id(item[0])
+            when = ensure_aware(item[1], f"send_at of order {oid}")
+            item_label = _check_label(item[2]) if len(item) == 3 else default_label
+            seen = batch.get(oid)
+            if seen is not None and seen[1] != when:
+                raise RegistrationConflict(oid, seen[1], when)
+            batch[oid] = (oid, when, item_label)
+        if not batch:
+            return 0
+        now = self.now()
+        with self.store.write() as conn:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, "registered")
+        log.info("orders_registered", count=len(new), already_known=len(existing))
+        return len(new)
+
+    @staticmethod
+    def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:
+        for oid, when in items:
+            if when <= now:
+                raise InvalidInput(
+                    f"order {oid}: send time {when.isoformat()} is not in the future; "
+                    "there is nothing left to cancel"
+                )
+
+    # -- cancels -------------------------------------------------------------------------------
+
+    def request_cancel(self, order_id: str) -> Order:
+        """Ask for a cancel; the daemon sends it. Margins are applied at the moment of the call.
+
+        Returns the order in ``cancel_requested`` (or unchanged when a cancel is already under way
+        or finished: ours is idempotent even though the provider's is not). Raises `CancelRefused`
+        inside the refuse margin or past dispatch, `OrderNotFound` for an unknown id.
+        """
+        oid = check_order_id(order_id)
+        for _ in range(3):  # a lost race means the state moved: decide again on the new state
+            now = self.now()
+            order = self.store.get(oid)
+            if order is None:
+                raise OrderNotFound(oid)
+            left = order.seconds_left(now)
+            if order.state in _ALREADY_CANCELLING:
+                return order
+            if order.state in (OrderState.CANCEL_REFUSED, OrderState.DISPATCHED):
+                raise CancelRefused(order, left)
+            if order.state is not OrderState.SCHEDULED:
+                return order  # too_late / not_found / needs_attention: the outcome stands
+            where = window(order.send_at, now, self.warn_before, self.refuse_before)
+            if where in (Window.REFUSE, Window.PAST):
+                result = self._refuse(order, now, where)
+                if result.applied and result.order is not None:
+                    raise CancelRefused(result.order, left)
+                continue
+            result = self.store.transition(
+                oid,
+                OrderState.SCHEDULED,
+                OrderState.CANCEL_REQUESTED,
+                now=now,
+                reason="cancel requested",
+                details={"seconds_left": round(left, 3)},
+                values={"cancel_requested_at": now},
+            )
+            if not result.applied:
+                continue
+            if where is Window.WARN:
+                log.warning(
+                    "cancel_close_to_dispatch",
+                    order_id=oid,
+                    seconds_left=round(left, 3),
+                    warn_before_seconds=self.warn_before.total_seconds(),
+                )
+            assert result.order is not None
+            return result.order
+        raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
+
+    def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
+        left = order.seconds_left(now)
+        if where is Window.PAST:
+            reason = f"send time passed {-left:.0f} s ago"
+        else:
+            reason = (
+                f"inside the refuse margin: {left:.0f} s before dispatch "
+                f"(refuse_before is {self.refuse_before.total_seconds():g} s)"
+            )
+        return self.store.transition(
+            order.order_id,
+            OrderState.SCHEDULED,
+            OrderState.CANCEL_REFUSED,
+            now=now,
+            reason=reason,
+            details={"seconds_left": round(left, 3)},
+            values={"cancel_requested_at": now},
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, order_id: str) -> Order:
+        """The order as it stands; `OrderNotFound` if the ledger does not know it."""
+        oid = check_order_id(order_id)
+        order = self.store.get(oid)
+        if order is None:
+            raise OrderNotFound(oid)
+        return order
+
+    def history(self, order_id: str) -> list[Event]:
+        """Every state change of the order, oldest first (the registration included)."""
+        oid = check_order_id(order_id)
+        events = self.store.history(oid)
+        if not events and self.store.get(oid) is None:
+            raise OrderNotFound(oid)
+        return events
+
+    def orders(
+        self,
+        state: OrderState | str | Sequence[OrderState | str] | None = None,
+        *,
+        send_after: datetime | None = None,
+        send_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Order]:
+        """Orders ordered by send time; filter by state(s) and a send-time range [after, before)."""
+        states: list[OrderState] | None = None
+        if state is not None:
+            raw = [state] if isinstance(state, str) else list(state)
+            try:
+                states = [OrderState(s) for s in raw]
+            except ValueError:
+                known = ", ".join(s.value for s in OrderState)
+                raise InvalidInput(f"unknown state in {raw!r}; states are: {known}") from None
+        after = ensure_aware(send_after, "send_after") if send_after is not None else None
+        before = ensure_aware(send_before, "send_before") if send_before is not None else None
+        return self.store.orders(states=states, send_after=after, send_before=before, limit=limit)

@@ -1,0 +1,265 @@
+"""The smsledger config file: TOML, every key optional, every key checked.
+
+Where the file comes from: ``--config``, else ``SMSLEDGER_CONFIG``, else ``./smsledger.toml``; with
+none of them, the defaults below. ``ILETIMERKEZI_API_KEY`` / ``ILETIMERKEZI_API_HASH`` override the
+file's credentials. Unknown keys and wrong types are errors naming the key, because a typo in
+``refuse_before_seconds`` must not silently leave the default margin in force.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ledger.errors import ConfigError
+
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "LedgerConfig",
+    "LogConfig",
+    "SchedulerConfig",
+    "WindowsConfig",
+    "find_config_path",
+    "load_config",
+]
+
+ENV_CONFIG = "SMSLEDGER_CONFIG"
+ENV_KEY = "ILETIMERKEZI_API_KEY"
+ENV_HASH = "ILETIMERKEZI_API_HASH"
+DEFAULT_CONFIG_NAME = "smsledger.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    url: str = "sqlite:///smsledger.db"
+    synchronous: str = "FULL"  # SQLite PRAGMA synchronous: FULL for an audit ledger
+    busy_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class WindowsConfig:
+    warn_before_seconds: float = 900.0
+    refuse_before_seconds: float = 300.0
+
+    @property
+    def warn_before(self) -> timedelta:
+        return timedelta(seconds=self.warn_before_seconds)
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return timedelta(seconds=self.refuse_before_seconds)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = "https://api.iletimerkezi.com"
+    key: str = field(default="", repr=False)
+    hash: str = field(default="", repr=False)
+    timeout_seconds: float = 10.0
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.key and self.hash)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    poll_seconds: float = 1.0
+    max_concurrent_cancels: int = 16
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    path: str = "smsledger.log.jsonl"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the ledger, the daemon and the command read from the config file."""
+
+    timezone: str = "Europe/Istanbul"
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str | None = None  # the file it was read from, None for defaults
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict fit for a log line: credentials shown only as set or not."""
+        out: dict[str, Any] = {"timezone": self.timezone, "source": self.source}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
+        out["api"]["key"] = "<set>" if self.api.key else "<missing>"
+        out["api"]["hash"] = "<set>" if self.api.hash else "<missing>"
+        return out
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "ledger": LedgerConfig,
+    "windows": WindowsConfig,
+    "api": ApiConfig,
+    "scheduler": SchedulerConfig,
+    "log": LogConfig,
+}
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return the config file to read: explicit, else $SMSLEDGER_CONFIG, else ./smsledger.toml."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.exists() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and check a config file (or the defaults when `path` is None), then apply env overrides.
+
+    A path that was named explicitly (argument or $SMSLEDGER_CONFIG) must exist.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source: str | None = None
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        source = str(file)
+    config = _build(data, source)
+    if path is not None:
+        config = _anchor_paths(config, Path(path).resolve().parent)
+    key = env.get(ENV_KEY)
+    hash_ = env.get(ENV_HASH)
+    if key or hash_:
+        config = replace(
+            config,
+            api=replace(config.api, key=key or config.api.key, hash=hash_ or config.api.hash),
+        )
+    return config
+
+
+def _anchor_paths(config: Config, base: Path) -> Config:
+    """Read relative file paths in a config file against the file's folder, not the caller's cwd.
+
+    A daemon started by systemd from ``/`` must find the same ledger as the operator who types
+    ``smsledger --config /etc/smsledger.toml list`` from their home folder.
+    """
+    log_path = config.log.path
+    if log_path and log_path != "-" and not Path(log_path).is_absolute():
+        log_path = str(base / log_path)
+    url = config.ledger.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix) :]
+        if rest and not rest.startswith(":memory:"):
+            url = prefix + str(base / rest)
+    return replace(
+        config, log=replace(config.log, path=log_path), ledger=replace(config.ledger, url=url)
+    )
+
+
+def _build(data: dict[str, Any], source: str | None) -> Config:
+    where = f" in {source}" if source else ""
+    sections: dict[str, Any] = {}
+    timezone = Config.timezone
+    for key, value in data.items():
+        if key == "timezone":
+            timezone = _check_type("timezone", value, str, where)
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}]{where} must be a table")
+            sections[key] = _build_section(key, _SECTIONS[key], value, where)
+        else:
+            raise ConfigError(f"unknown config key {key!r}{where}")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"timezone{where}: unknown time zone {timezone!r}") from None
+    config = Config(timezone=timezone, source=source, **sections)
+    _check_values(config, where)
+    return config
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {name}.{key}{where}")
+        default = getattr(cls(), key)
+        expected: type[Any] | tuple[type[Any], ...] = type(default)
+        if isinstance(default, float):
+            expected = (int, float)
+        kwargs[key] = _check_type(f"{name}.{key}", value, expected, where)
+        if isinstance(default, float):
+            kwargs[key] = float(value)
+    return cls(**kwargs)
+
+
+def _check_type(
+    key: str, value: Any, expected: type[Any] | tuple[type[Any], ...], where: str
+) -> Any:
+    # bool is an int subclass: `poll_seconds = true` must not read as 1.
+    if isinstance(value, bool) or not isinstance(value, expected):
+        names = (
+            " or ".join(t.__name__ for t in expected)
+            if isinstance(expected, tuple)
+            else expected.__name__
+        )
+        names = names.replace("str", "string").replace("int", "integer")
+        raise ConfigError(f"{key}{where} must be a {names}, got {value!r}")
+    return value
+
+
+def _check_values(config: Config, where: str) -> None:
+    w = config.windows
+    if w.refuse_before_seconds < 0:
+        raise ConfigError(f"windows.refuse_before_seconds{where} must not be negative")
+    if w.refuse_before_seconds >= w.warn_before_seconds:
+        raise ConfigError(
+            f"windows.refuse_before_seconds ({w.refuse_before_seconds:g}){where} must be smaller "
+            f"than windows.warn_before_seconds ({w.warn_before_seconds:g})"
+        )
+    if config.api.timeout_seconds <= 0:
+        raise ConfigError(f"api.timeout_seconds{where} must be positive")
+    if not config.api.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"api.base_url{where} must start with http:// or https://")
+    if config.scheduler.poll_seconds <= 0:
+        raise ConfigError(f"scheduler.poll_seconds{where} must be positive")
+    if config.scheduler.max_concurrent_cancels < 1:
+        raise ConfigError(f"scheduler.max_concurrent_cancels{where} must be at least 1")
+    if config.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
+    if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"ledger.synchronous{where} must be OFF, NORMAL, FULL or EXTRA")
+    if config.ledger.busy_timeout_seconds < 0:
+        raise ConfigError(f"ledger.busy_timeout_seconds{where} must not be negative")

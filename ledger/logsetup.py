@@ -1,0 +1,148 @@
+"""JSON-lines logging for smsledger, and the processor that keeps credentials out of it.
+
+Importing `ledger` configures nothing: a program that builds `Ledger(...)` itself keeps its own
+structlog setup. The command, the daemon and `Ledger.from_config` call `configure_logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from ledger.config import LogConfig
+
+__all__ = ["SecretRedactor", "configure_logging", "redactor"]
+
+REDACTED = "[REDACTED]"
+_SENSITIVE_KEYS = frozenset({"key", "hash", "api_key", "api_hash", "authentication", "password"})
+
+
+class SecretRedactor:
+    """A structlog processor that removes known secret values wherever they appear in an event.
+
+    It replaces values under sensitive key names and any occurrence of a registered secret inside
+    strings, lists, tuples and dicts, so an exception text or a response body that echoes the
+    credentials cannot carry them into the log.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Register more secret values (empty strings are ignored)."""
+        with self._lock:
+            merged = set(self._secrets) | {s for s in secrets if s}
+            # Longest first so a secret that contains another is replaced whole.
+            self._secrets = tuple(sorted(merged, key=len, reverse=True))
+
+    def scrub(self, value: Any) -> Any:
+        """Return `value` with every registered secret replaced."""
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {
+                k: (REDACTED if str(k).lower() in _SENSITIVE_KEYS and v else self.scrub(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(v) for v in value)
+        if isinstance(value, BaseException):
+            return self.scrub(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            value = event_dict[key]
+            if key.lower() in _SENSITIVE_KEYS and value:
+                event_dict[key] = REDACTED
+            else:
+                event_dict[key] = self.scrub(value)
+        return event_dict
+
+
+#: The process-wide redactor; `configure_logging` installs it and registers the config's secrets.
+redactor = SecretRedactor()
+
+
+class _AppendLogger:
+    """Writes each line with one `write(2)` on an O_APPEND descriptor.
+
+    On a local file system that keeps whole lines from several processes from interleaving.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        data = (message + "\n").encode("utf-8")
+        with self._lock:
+            os.write(self._fd, data)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _StreamLogger:
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+_open_fds: dict[str, int] = {}
+
+
+def configure_logging(
+    log: LogConfig, *, secrets: Iterable[str] = (), stream: IO[str] | None = None
+) -> None:
+    """Send structlog events to `log.path` as JSON lines (``-`` writes to `stream` or stderr).
+
+    Every line carries an ISO-8601 UTC ``timestamp``, ``level`` and ``event``; secrets are
+    redacted before rendering.
+    """
+    redactor.add(*secrets)
+    logger: _AppendLogger | _StreamLogger
+    if log.path == "-":
+        logger = _StreamLogger(stream or sys.stderr)
+    else:
+        path = str(Path(log.path).expanduser())
+        fd = _open_fds.get(path)
+        if fd is None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            _open_fds[path] = fd
+        logger = _AppendLogger(fd)
+    level = logging.getLevelNamesMapping()[log.level.upper()]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redactor,
+            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=lambda *args: logger,
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,126 @@
+"""The ledger's tables (SQLModel) and the plain values the library hands out.
+
+Rows never leave the store module: callers get frozen `Order` and `Event` values, so nothing outside
+the store can change a row behind the transition function's back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+from ledger.states import OrderState
+
+__all__ = ["Event", "EventRow", "Order", "OrderRow", "UTCDateTime"]
+
+ORDER_ID_MAX = 64
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores aware datetimes as naive UTC and hands them back aware.
+
+    SQLite has no time zones and PostgreSQL's would convert to the session zone; naive UTC in the
+    column compares correctly on both and in index range scans.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the ledger; convert at the boundary")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class OrderRow(SQLModel, table=True):
+    """One scheduled order and where it stands."""
+
+    __tablename__ = "orders"
+    __table_args__ = (sa.Index("ix_orders_state_send_at", "state", "send_at"),)
+
+    order_id: str = Field(sa_column=sa.Column(sa.String(ORDER_ID_MAX), primary_key=True))
+    send_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    state: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    label: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    cancel_requested_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    cancel_attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    check_attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    last_provider_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    warned_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    claim_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class EventRow(SQLModel, table=True):
+    """One state change; rows are only ever inserted."""
+
+    __tablename__ = "order_events"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, primary_key=True))
+    order_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(ORDER_ID_MAX), sa.ForeignKey("orders.order_id"), nullable=False, index=True
+        )
+    )
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    from_state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    to_state: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    details: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
+
+
+@dataclass(frozen=True)
+class Order:
+    """A snapshot of one order as the ledger holds it."""
+
+    order_id: str
+    send_at: datetime
+    state: OrderState
+    label: str | None
+    reason: str | None
+    cancel_requested_at: datetime | None
+    cancel_attempts: int
+    check_attempts: int
+    last_provider_code: int | None
+    warned_at: datetime | None
+    claim_owner: str | None
+    claim_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def seconds_left(self, now: datetime) -> float:
+        """Seconds from `now` until dispatch; negative once the send time has passed."""
+        return (self.send_at - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of an order's history."""
+
+    order_id: str
+    at: datetime
+    from_state: OrderState | None
+    to_state: OrderState
+    reason: str | None
+    details: dict[str, Any] = field(default_factory=dict)

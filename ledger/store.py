@@ -1,0 +1,465 @@
+"""Every query the ledger runs; the one module that opens database connections.
+
+SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
+writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
+its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from ledger.errors import IllegalTransition, LedgerUnavailable
+from ledger.models import Event, EventRow, Order, OrderRow
+from ledger.states import OrderState, is_legal
+
+__all__ = ["Store", "TransitionResult"]
+
+log = structlog.get_logger("smsledger.ledger")
+
+orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
+events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
+_ORDER_COLUMNS = [c.name for c in orders_t.columns]
+_WRITE = "smsledger_write"
+_IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """The outcome of a guarded transition.
+
+    `applied` is False when the order was not in the expected state (another process got there
+    first, or the guard did not hold); `order` is then the order as it stands now (None if absent).
+    """
+
+    applied: bool
+    order: Order | None
+
+
+def _order(row: RowMapping | Mapping[str, Any]) -> Order:
+    values = {name: row[name] for name in _ORDER_COLUMNS}
+    values["state"] = OrderState(values["state"])
+    return Order(**values)
+
+
+def _event(row: RowMapping) -> Event:
+    return Event(
+        order_id=row["order_id"],
+        at=row["at"],
+        from_state=OrderState(row["from_state"]) if row["from_state"] else None,
+        to_state=OrderState(row["to_state"]),
+        reason=row["reason"],
+        details=row["details"] or {},
+    )
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable database URL>"
+
+
+class Store:
+    """Owns the engine and runs every query of the ledger."""
+
+    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+        self.url = url
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise LedgerUnavailable(f"ledger URL {url!r} is not a database URL") from None
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+        try:
+            self.engine: Engine = sa.create_engine(parsed, **kwargs)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
+        if self.dialect == "sqlite":
+            self._setup_sqlite(synchronous.upper(), busy_timeout)
+
+    def _setup_sqlite(self, synchronous: str, busy_timeout: float) -> None:
+        @sa_event.listens_for(self.engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event below decide how transactions start.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+        @sa_event.listens_for(self.engine, "begin")
+        def _begin(conn: Connection) -> None:
+            if conn.get_execution_options().get(_WRITE):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            conn.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (a consistent snapshot)."""
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            with conn.begin():
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            conn.close()
+
+    def _unavailable(self, exc: sa.exc.OperationalError) -> LedgerUnavailable:
+        detail = str(exc.orig) if exc.orig is not None else str(exc)
+        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes if they are missing (safe from several processes)."""
+        with self.write() as conn:
+            OrderRow.metadata.create_all(conn, tables=[orders_t, events_t])
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, order_id: str, conn: Connection | None = None) -> Order | None:
+        stmt = sa.select(orders_t).where(orders_t.c.order_id == order_id)
+        if conn is not None:
+            row = conn.execute(stmt).mappings().first()
+        else:
+            with self.read() as c:
+                row = c.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
+    def history(self, order_id: str) -> list[Event]:
+        stmt = sa.select(events_t).where(events_t.c.order_id == order_id).order_by(events_t.c.id)
+        with self.read() as conn:
+            return [_event(r) for r in conn.execute(stmt).mappings()]
+
+    def orders(
+        self,
+        *,
+        states: Sequence[OrderState] | None = None,
+        send_after: datetime | None = None,
+        send_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Order]:
+        """Orders by send time, filtered (send_after inclusive, send_before exclusive)."""
+        stmt = sa.select(orders_t).order_by(orders_t.c.send_at, orders_t.c.order_id)
+        if states is not None:
+            stmt = stmt.where(orders_t.c.state.in_([s.value for s in states]))
+        if send_after is not None:
+            stmt = stmt.where(orders_t.c.send_at >= send_after)
+        if send_before is not None:
+            stmt = stmt.where(orders_t.c.send_at < send_before)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def claimable(
+        self, state: OrderState, now: datetime, *, limit: int, exclude: Sequence[str] = ()
+    ) -> list[Order]:
+        """Orders in `state` that nobody holds a live claim on, most urgent first."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.state == state.value)
+            .where(sa.or_(orders_t.c.claim_owner.is_(None), orders_t.c.claim_expires_at <= now))
+            .order_by(orders_t.c.send_at)
+            .limit(limit)
+        )
+        if exclude:
+            stmt = stmt.where(orders_t.c.order_id.not_in(list(exclude)))
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def unwarned(self, states: Sequence[OrderState], before: datetime) -> list[Order]:
+        """Orders in `states` due before `before` that have not been warned about yet."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.state.in_([s.value for s in states]))
+            .where(orders_t.c.send_at <= before)
+            .where(orders_t.c.warned_at.is_(None))
+            .order_by(orders_t.c.send_at)
+        )
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def existing_send_times(
+        self, conn: Connection, order_ids: Sequence[str]
+    ) -> dict[str, datetime]:
+        found: dict[str, datetime] = {}
+        for start in range(0, len(order_ids), _IN_CHUNK):
+            chunk = order_ids[start : start + _IN_CHUNK]
+            stmt = sa.select(orders_t.c.order_id, orders_t.c.send_at).where(
+                orders_t.c.order_id.in_(chunk)
+            )
+            found.update({r.order_id: r.send_at for r in conn.execute(stmt)})
+        return found
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def insert_new(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[str, datetime, str | None]],
+        now: datetime,
+        reason: str,
+    ) -> None:
+        """Insert brand-new orders in `scheduled` with their registration events (bulk)."""
+        if not rows:
+            return
+        state = OrderState.SCHEDULED.value
+        conn.execute(
+            orders_t.insert(),
+            [
+                {
+                    "order_id": oid,
+                    "send_at": send_at,
+                    "state": state,
+                    "label": label,
+                    "reason": reason,
+                    "cancel_attempts": 0,
+                    "check_attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for oid, send_at, label in rows
+            ],
+        )
+        conn.execute(
+            events_t.insert(),
+            [
+                {
+                    "order_id": oid,
+                    "at": now,
+                    "from_state": None,
+                    "to_state": state,
+                    "reason": reason,
+                    "details": None,
+                }
+                for oid, _send_at, _label in rows
+            ],
+        )
+
+    def transition(
+        self,
+        order_id: str,
+        from_state: OrderState,
+        to_state: OrderState,
+        *,
+        now: datetime,
+        reason: str,
+        details: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+        increment: Sequence[str] = (),
+        expect_owner: str | None = None,
+    ) -> TransitionResult:
+        """Apply one legal state change as a guarded update plus its event, in one transaction.
+
+        The update only matches while the order is still in `from_state` (and, with
+        `expect_owner`, still claimed by that owner); when it does not match nothing is written and
+        the result says so. Leaving for a final state releases any claim.
+        """
+        if not is_legal(from_state, to_state):
+            raise IllegalTransition(
+                f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
+            )
+        changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
+        if to_state is not OrderState.CANCELLING:
+            changes["claim_owner"] = None
+            changes["claim_expires_at"] = None
+        changes.update(values or {})
+        for column in increment:
+            changes[column] = orders_t.c[column] + 1
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == from_state.value)
+            .values(**changes)
+            .returning(*orders_t.c)
+        )
+        if expect_owner is not None:
+            stmt = stmt.where(orders_t.c.claim_owner == expect_owner)
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+            if row is None:
+                return TransitionResult(applied=False, order=self.get(order_id, conn))
+            conn.execute(
+                events_t.insert().values(
+                    order_id=order_id,
+                    at=now,
+                    from_state=from_state.value,
+                    to_state=to_state.value,
+                    reason=reason,
+                    details=dict(details) if details else None,
+                )
+            )
+            order = _order(row)
+        self._log_change(order_id, from_state, to_state, reason, details)
+        return TransitionResult(applied=True, order=order)
+
+    def transition_due(
+        self,
+        from_state: OrderState,
+        to_state: OrderState,
+        *,
+        due_by: datetime,
+        now: datetime,
+        reason: str,
+        limit: int = 1000,
+    ) -> list[Order]:
+        """Move up to `limit` orders in `from_state` with ``send_at <= due_by`` to `to_state`.
+
+        One transaction for the batch: a 200,000-recipient campaign passing its send time at once
+        costs a few hundred statements, not a transaction per order.
+        """
+        if not is_legal(from_state, to_state):
+            raise IllegalTransition(f"{from_state.value} -> {to_state.value} is not legal")
+        due = (
+            sa.select(orders_t.c.order_id)
+            .where(orders_t.c.state == from_state.value)
+            .where(orders_t.c.send_at <= due_by)
+            .order_by(orders_t.c.send_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id.in_(due.scalar_subquery()))
+            .where(orders_t.c.state == from_state.value)
+            .values(
+                state=to_state.value,
+                reason=reason,
+                updated_at=now,
+                claim_owner=None,
+                claim_expires_at=None,
+            )
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            if orders:
+                conn.execute(
+                    events_t.insert(),
+                    [
+                        {
+                            "order_id": o.order_id,
+                            "at": now,
+                            "from_state": from_state.value,
+                            "to_state": to_state.value,
+                            "reason": reason,
+                            "details": None,
+                        }
+                        for o in orders
+                    ],
+                )
+        for o in orders:
+            self._log_change(o.order_id, from_state, to_state, reason, None)
+        return orders
+
+    def claim(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        owner: str,
+        expires_at: datetime,
+        now: datetime,
+    ) -> Order | None:
+        """Take (or renew) the claim on an order in `state` if it is free, expired or ours.
+
+        Not a state change, so no event; returns the claimed order or None when someone else holds
+        a live claim or the state moved on.
+        """
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .where(
+                sa.or_(
+                    orders_t.c.claim_owner.is_(None),
+                    orders_t.c.claim_owner == owner,
+                    orders_t.c.claim_expires_at <= now,
+                )
+            )
+            .values(claim_owner=owner, claim_expires_at=expires_at)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
+    def release(self, order_id: str, owner: str) -> None:
+        """Give up our claim without changing the state (the work is left for a later pass)."""
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.claim_owner == owner)
+            .values(claim_owner=None, claim_expires_at=None)
+        )
+        with self.write() as conn:
+            conn.execute(stmt)
+
+    def mark_warned(self, order_id: str, now: datetime) -> bool:
+        """Record that the at-risk warning was given; True only for the first caller."""
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.warned_at.is_(None))
+            .values(warned_at=now)
+        )
+        with self.write() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    @staticmethod
+    def _log_change(
+        order_id: str,
+        from_state: OrderState | None,
+        to_state: OrderState,
+        reason: str,
+        details: Mapping[str, Any] | None,
+    ) -> None:
+        log.info(
+            "order_state_changed",
+            order_id=order_id,
+            from_state=from_state.value if from_state else None,
+            to_state=to_state.value,
+            reason=reason,
+            **({"details": dict(details)} if details else {}),
+        )
