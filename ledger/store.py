@@ -401,23 +401,26 @@ class Store:
         owner: str,
         expires_at: datetime,
         now: datetime,
+        steal_from: str | None = None,
     ) -> Order | None:
         """Take (or renew) the claim on an order in `state` if it is free, expired or ours.
 
-        Not a state change, so no event; returns the claimed order or None when someone else holds
-        a live claim or the state moved on.
+        `steal_from` also takes it from that owner, for a claimant known to be dead (a process of
+        this host that is gone). Not a state change, so no event; returns the claimed order or
+        None when someone else holds a live claim or the state moved on.
         """
+        holders = [
+            orders_t.c.claim_owner.is_(None),
+            orders_t.c.claim_owner == owner,
+            orders_t.c.claim_expires_at <= now,
+        ]
+        if steal_from is not None:
+            holders.append(orders_t.c.claim_owner == steal_from)
         stmt = (
             orders_t.update()
             .where(orders_t.c.order_id == order_id)
             .where(orders_t.c.state == state.value)
-            .where(
-                sa.or_(
-                    orders_t.c.claim_owner.is_(None),
-                    orders_t.c.claim_owner == owner,
-                    orders_t.c.claim_expires_at <= now,
-                )
-            )
+            .where(sa.or_(*holders))
             .values(claim_owner=owner, claim_expires_at=expires_at)
             .returning(*orders_t.c)
         )

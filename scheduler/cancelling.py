@@ -1,0 +1,249 @@
+"""The cancel-and-verify sequence for one claimed order: get-report, cancel-order, get-report.
+
+The order is recorded `cancelling` *before* cancel-order is sent, and every cancel-order is
+followed by a verifying get-report, whatever it answered. A further cancel is sent only after a
+verification proved the order still pending (456), so at most one cancel reaches the provider
+per order unless the provider itself showed the first one did not take.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from ledger.api import Ledger
+from ledger.margins import Window, window
+from ledger.models import Order
+from ledger.states import OrderState
+from scheduler.client import IletiMerkeziClient, Report
+from scheduler.decisions import (
+    Decision,
+    Next,
+    after_precheck,
+    after_verify,
+    backoff_delay,
+    retry_fits,
+    unresolved,
+)
+from scheduler.errors import ProviderAuthError, ProviderError
+
+__all__ = ["CancelSequence"]
+
+log = structlog.get_logger("smsledger.daemon")
+
+#: Cancels sent to one order before a person must look, even while the provider says pending.
+MAX_CANCEL_ATTEMPTS = 5
+
+
+class _Abandon(Exception):
+    """Leave the order where it is for a later pass (stopping, claim lost, credentials rejected)."""
+
+
+class CancelSequence:
+    """Drives claimed orders to a final state; one instance serves every worker thread."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: IletiMerkeziClient,
+        *,
+        owner: str,
+        lease: timedelta,
+        stopping: threading.Event,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
+    ) -> None:
+        self._ledger = ledger
+        self._store = ledger.store
+        self._client = client
+        self._owner = owner
+        self._lease = lease
+        self._stopping = stopping
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._max_attempts = max_cancel_attempts
+
+    def run(self, order: Order) -> Order | None:
+        """Work one order we hold the claim on; return it as it ends (None if left for later).
+
+        A `cancel_requested` order starts with the pre-check; a `cancelling` one (recovered from a
+        process that is gone) starts with verification: a cancel is never resent blindly.
+        """
+        job = _Job(order)
+        with structlog.contextvars.bound_contextvars(order_id=order.order_id):
+            try:
+                return self._run(job)
+            except _Abandon as why:
+                self._store.release(order.order_id, self._owner)
+                log.info("cancel_left_for_later", reason=str(why), state=job.state.value)
+                return None
+
+    def _run(self, job: _Job) -> Order | None:
+        if job.state is OrderState.CANCEL_REQUESTED:
+            decision = self._check(job, verify=False)
+        else:
+            log.warning("cancel_recovering", previous_attempts=job.attempts)
+            decision = self._check(job, verify=True)
+        while decision.next is Next.SEND_CANCEL:
+            if self._window(job) in (Window.REFUSE, Window.PAST):
+                # Only reachable before the first cancel: after_verify already weighs the margin.
+                decision = Decision.finish(
+                    OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
+                )
+                break
+            if job.attempts >= self._max_attempts:
+                decision = Decision.finish(
+                    OrderState.NEEDS_ATTENTION,
+                    f"{job.attempts} cancels sent and the provider still reports the order pending",
+                )
+                break
+            self._check_stopping()
+            if not self._record_cancelling(job):
+                return job.order
+            self._send_cancel(job)
+            decision = self._check(job, verify=True)
+        assert decision.state is not None
+        result = self._store.transition(
+            job.order.order_id,
+            job.state,
+            decision.state,
+            now=self._clock(),
+            reason=decision.reason,
+            details={"attempts": job.attempts, "provider_code": job.last_code},
+            values={
+                "last_provider_code": job.last_code,
+                "check_attempts": job.order.check_attempts + job.checks,
+            },
+            expect_owner=self._owner,
+        )
+        if not result.applied:
+            log.info("cancel_claim_lost", state=result.order.state.value if result.order else None)
+        return result.order
+
+    def _check(self, job: _Job, *, verify: bool) -> Decision:
+        """Read the order at the provider (with retries) and decide what its answer means."""
+        report = self._read(job)
+        if isinstance(report, Decision):
+            return report
+        job.last_code = report.code
+        return after_verify(report, self._window(job)) if verify else after_precheck(report)
+
+    def _window(self, job: _Job) -> Window:
+        return window(
+            job.order.send_at, self._clock(), self._ledger.warn_before, self._ledger.refuse_before
+        )
+
+    def _record_cancelling(self, job: _Job) -> bool:
+        """Record `cancelling` (with the attempt) before the call; False if the claim is lost."""
+        now = self._clock()
+        attempt = job.attempts + 1
+        result = self._store.transition(
+            job.order.order_id,
+            job.state,
+            OrderState.CANCELLING,
+            now=now,
+            reason=f"sending cancel-order (attempt {attempt})",
+            details={"attempt": attempt},
+            increment=("cancel_attempts",),
+            values={"claim_expires_at": now + self._lease},
+            expect_owner=self._owner,
+        )
+        if not result.applied:
+            state = result.order.state.value if result.order else None
+            log.info("cancel_claim_lost", state=state)
+            job.order = result.order or job.order
+            return False
+        job.attempts = attempt
+        job.state = OrderState.CANCELLING
+        job.lease_until = now + self._lease
+        job.cancel_sent = True
+        return True
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise _Abandon("daemon stopping")
+
+    def _send_cancel(self, job: _Job) -> None:
+        """Send cancel-order once; its answer is only a hint, verification decides."""
+        with structlog.contextvars.bound_contextvars(attempt=job.attempts):
+            try:
+                answer = self._client.cancel_order(job.order.order_id)
+            except ProviderError as exc:
+                log.warning(
+                    "cancel_unanswered",
+                    error=type(exc).__name__,
+                    code=exc.code,
+                    detail=str(exc),
+                    maybe_delivered=getattr(exc, "maybe_delivered", True),
+                )
+                return
+            log.info("cancel_sent", answer=answer.value)
+
+    def _read(self, job: _Job) -> Report | Decision:
+        """get-report with backoff on transient errors, never past the refuse margin."""
+        failures = 0
+        while True:
+            self._renew_lease(job)
+            job.checks += 1
+            try:
+                return self._client.get_report(job.order.order_id)
+            except ProviderAuthError as exc:
+                log.error("provider_credentials_rejected", detail=str(exc))
+                raise _Abandon("credentials rejected") from exc
+            except ProviderError as exc:
+                delay = backoff_delay(failures, rng=self._rng)
+                failures += 1
+                why = f"{type(exc).__name__}: {exc}"
+                fits = retry_fits(
+                    self._clock(), delay, job.order.send_at, self._ledger.refuse_before
+                )
+                if not fits:
+                    return unresolved(job.cancel_sent, why)
+                self._check_stopping()
+                log.info("provider_retry", failures=failures, delay_seconds=round(delay, 3))
+                self._sleep(delay)
+
+    def _renew_lease(self, job: _Job) -> None:
+        """Keep our claim alive across long retry sequences; lose it, and we stop working."""
+        now = self._clock()
+        if job.lease_until is not None and job.lease_until - now > self._lease / 2:
+            return
+        renewed = self._store.claim(
+            job.order.order_id,
+            job.state,
+            owner=self._owner,
+            expires_at=now + self._lease,
+            now=now,
+        )
+        if renewed is None or renewed.claim_owner != self._owner:
+            raise _Abandon("claim lost")
+        job.lease_until = renewed.claim_expires_at
+
+
+@dataclass
+class _Job:
+    """The per-order state of one run of the sequence (the sequence object is shared)."""
+
+    order: Order
+    state: OrderState = field(init=False)
+    attempts: int = field(init=False)
+    cancel_sent: bool = field(init=False)
+    lease_until: datetime | None = field(init=False)
+    checks: int = 0
+    last_code: int | None = None
+
+    def __post_init__(self) -> None:
+        self.state = self.order.state
+        self.attempts = self.order.cancel_attempts
+        # A recovered `cancelling` order may have had its cancel sent before the crash.
+        self.cancel_sent = self.state is OrderState.CANCELLING
+        self.lease_until = self.order.claim_expires_at

@@ -1,0 +1,406 @@
+"""The daemon: a pass over the ledger every `poll_seconds`, triggered by APScheduler.
+
+APScheduler only triggers; `Daemon.run_pass` does the work and can be called directly (tests call
+it with a frozen clock). The ledger is the source of truth: no job per order in APScheduler's store.
+
+A pass, in order:
+1. recover `cancelling` orders whose claimant is gone (lease expired, or a dead process of this
+   host): they are verified first, never resent blindly;
+2. refuse `cancel_requested` orders whose dispatch is now inside `refuse_before`;
+3. warn once per order about pending cancels inside `warn_before` (`cancel_at_risk`);
+4. dispatch: `scheduled` orders whose send time has passed become `dispatched`;
+5. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
+   threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
+   itself, so throughput does not wait for the next pass.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, utcnow
+from ledger.logsetup import configure_logging
+from scheduler.cancelling import CancelSequence
+from scheduler.client import IletiMerkeziClient
+
+__all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
+
+log = structlog.get_logger("smsledger.daemon")
+
+#: Orders moved per transaction by the refuse and dispatch steps.
+BATCH = 1000
+#: How long `stop` lets in-flight sequences finish before leaving them to recovery.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def lease_for(timeout_seconds: float) -> timedelta:
+    """How long a claim stays ours without renewal: a whole sequence's calls plus a margin.
+
+    A live daemon's in-flight call is never taken for a crashed one: three calls at most run
+    between renewals, each bounded by the client timeout.
+    """
+    return timedelta(seconds=3 * timeout_seconds + 5)
+
+
+def make_owner() -> str:
+    """A claim owner id: host, pid and a random part (pids are reused after restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_gone(owner: str, me: str) -> bool:
+    """True when `owner` was a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # our pid, another incarnation: that process is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class PassReport:
+    """What one pass did (counts of orders)."""
+
+    recovered: int = 0
+    refused: int = 0
+    warned: int = 0
+    dispatched: int = 0
+    started: int = 0
+    finished: list[Order] = field(default_factory=list)
+
+
+class Daemon:
+    """Passes over one ledger with one provider client; safe beside other daemons."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: IletiMerkeziClient,
+        *,
+        max_concurrent_cancels: int = 16,
+        lease: timedelta = timedelta(seconds=35),
+        owner: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.owner = owner or make_owner()
+        self._store = ledger.store
+        self._clock = clock or ledger.now
+        self._max = max_concurrent_cancels
+        self._lease = lease
+        self._stopping = threading.Event()
+        self._lock = threading.Condition()
+        self._inflight: set[str] = set()
+        self._ready: deque[Order] = deque()
+        self._workers = 0
+        self._finished: list[Order] = []
+        self.sequence = CancelSequence(
+            ledger,
+            client,
+            owner=self.owner,
+            lease=lease,
+            stopping=self._stopping,
+            clock=self._clock,
+            sleep=sleep,
+            rng=rng,
+        )
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    def run_pass(self, *, wait: bool = False) -> PassReport:
+        """Do one pass; with `wait`, also wait until every cancel it started has ended."""
+        report = PassReport()
+        now = self._clock()
+        report.recovered = self._recover(now)
+        report.refused = self._batch(
+            OrderState.CANCEL_REQUESTED,
+            OrderState.CANCEL_REFUSED,
+            due_by=now + self.ledger.refuse_before,
+            now=now,
+            reason="margin closed before the cancel could be sent",
+        )
+        report.warned = self._warn(now)
+        report.dispatched = self._batch(
+            OrderState.SCHEDULED,
+            OrderState.DISPATCHED,
+            due_by=now,
+            now=now,
+            reason="send time passed with no cancel requested",
+        )
+        report.started = self._start_workers(now)
+        if wait:
+            self.wait_idle()
+            with self._lock:
+                report.finished, self._finished = self._finished, []
+        if report.recovered or report.refused or report.warned or report.dispatched:
+            log.info(
+                "pass_done",
+                recovered=report.recovered,
+                refused=report.refused,
+                warned=report.warned,
+                dispatched=report.dispatched,
+                started=report.started,
+            )
+        return report
+
+    def _batch(
+        self,
+        from_state: OrderState,
+        to_state: OrderState,
+        *,
+        due_by: datetime,
+        now: datetime,
+        reason: str,
+    ) -> int:
+        total = 0
+        while True:
+            moved = self._store.transition_due(
+                from_state, to_state, due_by=due_by, now=now, reason=reason, limit=BATCH
+            )
+            total += len(moved)
+            if len(moved) < BATCH:
+                return total
+
+    def _warn(self, now: datetime) -> int:
+        warned = 0
+        pending = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
+        for order in self._store.unwarned(pending, now + self.ledger.warn_before):
+            if self._store.mark_warned(order.order_id, now):
+                warned += 1
+                log.warning(
+                    "cancel_at_risk",
+                    order_id=order.order_id,
+                    state=order.state.value,
+                    seconds_left=round(order.seconds_left(now), 3),
+                    attempts=order.cancel_attempts,
+                )
+        return warned
+
+    def _recover(self, now: datetime) -> int:
+        """Claim `cancelling` orders whose claimant is gone, for verification first."""
+        recovered = 0
+        for order in self._store.orders(states=[OrderState.CANCELLING]):
+            with self._lock:
+                if order.order_id in self._inflight:
+                    continue
+            owner = order.claim_owner
+            expired = order.claim_expires_at is None or order.claim_expires_at <= now
+            gone = owner is not None and owner_is_gone(owner, self.owner)
+            if not (expired or gone):
+                continue
+            claimed = self._store.claim(
+                order.order_id,
+                OrderState.CANCELLING,
+                owner=self.owner,
+                expires_at=now + self._lease,
+                now=now,
+                steal_from=owner if gone else None,
+            )
+            if claimed is None:
+                continue
+            log.warning(
+                "stale_claim_recovered",
+                order_id=order.order_id,
+                previous_owner=owner,
+                reason="owner gone" if gone else "lease expired",
+            )
+            with self._lock:
+                self._inflight.add(claimed.order_id)
+                self._ready.append(claimed)
+            recovered += 1
+        return recovered
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _start_workers(self, now: datetime) -> int:
+        with self._lock:
+            if self._stopping.is_set():
+                return 0
+            free = self._max - self._workers
+            exclude = list(self._inflight)
+            ready = len(self._ready)
+        if free <= 0:
+            return 0
+        wanted = (
+            ready
+            + len(
+                self._store.claimable(
+                    OrderState.CANCEL_REQUESTED, now, limit=max(free - ready, 0), exclude=exclude
+                )
+            )
+            if free > ready
+            else ready
+        )
+        count = min(free, wanted)
+        with self._lock:
+            self._workers += count
+        for _ in range(count):
+            threading.Thread(target=self._drain, name="smsledger-cancel", daemon=True).start()
+        return count
+
+    def _next_order(self) -> Order | None:
+        """The next order to work: a recovered one, else a freshly claimed cancel request."""
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            if self._ready:
+                return self._ready.popleft()
+            exclude = list(self._inflight)
+            now = self._clock()
+            for candidate in self._store.claimable(
+                OrderState.CANCEL_REQUESTED, now, limit=4, exclude=exclude
+            ):
+                claimed = self._store.claim(
+                    candidate.order_id,
+                    OrderState.CANCEL_REQUESTED,
+                    owner=self.owner,
+                    expires_at=now + self._lease,
+                    now=now,
+                )
+                if claimed is not None:
+                    self._inflight.add(claimed.order_id)
+                    return claimed
+            return None
+
+    def _drain(self) -> None:
+        try:
+            while (order := self._next_order()) is not None:
+                try:
+                    final = self.sequence.run(order)
+                except LedgerError as exc:
+                    log.error("cancel_sequence_failed", order_id=order.order_id, error=str(exc))
+                    final = None
+                except Exception:  # a bug must not kill the worker silently
+                    log.exception("cancel_sequence_crashed", order_id=order.order_id)
+                    final = None
+                with self._lock:
+                    self._inflight.discard(order.order_id)
+                    if final is not None:
+                        self._finished.append(final)
+        finally:
+            with self._lock:
+                self._workers -= 1
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker runs; False if `timeout` ran out first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+
+    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
+        """Stop taking work and give in-flight sequences `grace` seconds to end.
+
+        Sequences still running then are abandoned where they stand: their orders keep our claim
+        until its lease expires (or our process is seen gone), and recovery verifies them.
+        """
+        self._stopping.set()
+        return self.wait_idle(grace)
+
+    # -- the long-running loop -----------------------------------------------------------------
+
+    def serve(self, poll_seconds: float) -> int:
+        """Run passes every `poll_seconds` until SIGTERM or SIGINT; return the exit status."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("daemon_stopping", signal=signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        scheduler = BackgroundScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._safe_pass,
+            "interval",
+            seconds=poll_seconds,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            id="smsledger-pass",
+        )
+        scheduler.start()
+        try:
+            while not stop.wait(0.2):
+                pass
+        finally:
+            scheduler.shutdown(wait=True)
+            drained = self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.info("daemon_stopped", owner=self.owner, in_flight_left=not drained)
+        return 0
+
+    def _safe_pass(self) -> None:
+        try:
+            self.run_pass()
+        except LedgerError as exc:
+            log.error("pass_failed", error=str(exc))
+        except Exception:
+            log.exception("pass_crashed")
+
+
+def run_daemon(config: Config, *, once: bool = False) -> int:
+    """`smsledger run`: check the setup, then serve (or do one pass with `once`)."""
+    if not config.api.has_credentials:
+        raise ConfigError(
+            "api.key and api.hash are required to run the daemon: set them in the config file "
+            "or in ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH"
+        )
+    configure_logging(config.log, secrets=(config.api.key, config.api.hash))
+    ledger = Ledger.from_config(config, setup_logging=False)
+    client = IletiMerkeziClient(
+        config.api.base_url,
+        config.api.key,
+        config.api.hash,
+        timeout=config.api.timeout_seconds,
+        zone=config.zone,
+        max_connections=max(8, config.scheduler.max_concurrent_cancels * 2),
+    )
+    daemon = Daemon(
+        ledger,
+        client,
+        max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
+        lease=lease_for(config.api.timeout_seconds),
+        clock=utcnow,
+    )
+    log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
+    try:
+        if once:
+            report = daemon.run_pass(wait=True)
+            log.info(
+                "pass_once_done",
+                recovered=report.recovered,
+                refused=report.refused,
+                warned=report.warned,
+                dispatched=report.dispatched,
+                finished=len(report.finished),
+            )
+            return 0
+        return daemon.serve(config.scheduler.poll_seconds)
+    finally:
+        client.close()
+        ledger.close()

@@ -1,0 +1,117 @@
+"""Pure decisions of the cancel-and-verify sequence: what a provider answer means for an order.
+
+Nothing here touches the ledger, the network or the clock; the daemon passes `now` in.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from ledger.margins import Window
+from ledger.states import OrderState
+from scheduler.client import Report, ReportStatus
+
+__all__ = [
+    "Decision",
+    "Next",
+    "after_precheck",
+    "after_verify",
+    "backoff_delay",
+    "retry_fits",
+    "unresolved",
+]
+
+
+class Next(StrEnum):
+    """What the sequence does after a decision."""
+
+    FINISH = "finish"  # move to `Decision.state` and stop
+    SEND_CANCEL = "send_cancel"  # record cancelling and send cancel-order
+
+
+@dataclass(frozen=True)
+class Decision:
+    next: Next
+    state: OrderState | None = None
+    reason: str = ""
+
+    @classmethod
+    def finish(cls, state: OrderState, reason: str) -> Decision:
+        return cls(Next.FINISH, state, reason)
+
+
+_SEND = Decision(Next.SEND_CANCEL)
+#: Sending started or finished: the cancel window is closed, whatever step we are in.
+_CLOSED = {
+    ReportStatus.SENDING: Decision.finish(
+        OrderState.TOO_LATE, "provider reports sending in progress (113)"
+    ),
+    ReportStatus.COMPLETED: Decision.finish(
+        OrderState.TOO_LATE, "provider reports the order sent (114)"
+    ),
+}
+
+
+def after_precheck(report: Report) -> Decision:
+    """Decide from the get-report answer read before any cancel was sent."""
+    match report.status:
+        case ReportStatus.PENDING:
+            return _SEND
+        case ReportStatus.SENDING | ReportStatus.COMPLETED:
+            return _CLOSED[report.status]
+        case ReportStatus.NOT_SENT:
+            return Decision.finish(OrderState.CANCELLED, "already not sent at provider (115)")
+        case ReportStatus.NOT_FOUND:
+            return Decision.finish(OrderState.NOT_FOUND, "provider does not know the order (455)")
+
+
+def after_verify(report: Report, where: Window) -> Decision:
+    """Decide from the get-report answer read after a cancel-order may have been sent.
+
+    115 and 455 both prove the cancel took (the provider answers a cancelled order either way);
+    456 proves the order still pending, which is the only thing that allows another cancel.
+    """
+    match report.status:
+        case ReportStatus.NOT_SENT:
+            return Decision.finish(OrderState.CANCELLED, "cancel verified: provider reports 115")
+        case ReportStatus.NOT_FOUND:
+            return Decision.finish(
+                OrderState.CANCELLED, "cancel verified: provider no longer lists the order (455)"
+            )
+        case ReportStatus.SENDING | ReportStatus.COMPLETED:
+            return _CLOSED[report.status]
+        case ReportStatus.PENDING:
+            if where in (Window.OPEN, Window.WARN):
+                return _SEND
+            return Decision.finish(
+                OrderState.NEEDS_ATTENTION,
+                "cancel did not take (still pending, 456) and the refuse margin has closed",
+            )
+
+
+def unresolved(cancel_may_have_been_sent: bool, why: str) -> Decision:
+    """Decide when the provider could not be read before the refuse margin closed."""
+    if cancel_may_have_been_sent:
+        return Decision.finish(
+            OrderState.NEEDS_ATTENTION,
+            f"cancel may have been sent but could not be verified: {why}",
+        )
+    return Decision.finish(
+        OrderState.CANCEL_REFUSED, f"margin closed before the cancel could be sent: {why}"
+    )
+
+
+def backoff_delay(
+    attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * (2 ** max(0, attempt)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def retry_fits(now: datetime, delay: float, send_at: datetime, refuse_before: timedelta) -> bool:
+    """True when waiting `delay` seconds still leaves the retry outside the refuse margin."""
+    return now + timedelta(seconds=delay) < send_at - refuse_before
