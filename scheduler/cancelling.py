@@ -95,9 +95,15 @@ class CancelSequence:
             decision = self._check(job, verify=True)
         while decision.next is Next.SEND_CANCEL:
             if self._window(job) in (Window.REFUSE, Window.PAST):
-                # Only reachable before the first cancel: after_verify already weighs the margin.
-                decision = Decision.finish(
-                    OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
+                decision = (
+                    Decision.finish(
+                        OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
+                    )
+                    if job.state is OrderState.CANCEL_REQUESTED
+                    else Decision.finish(
+                        OrderState.NEEDS_ATTENTION,
+                        "cancel did not take (still pending, 456) and the refuse margin has closed",
+                    )
                 )
                 break
             if job.attempts >= self._max_attempts:

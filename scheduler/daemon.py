@@ -237,25 +237,22 @@ class Daemon:
     # -- workers -------------------------------------------------------------------------------
 
     def _start_workers(self, now: datetime) -> int:
+        """Start worker threads for the work waiting now, within `max_concurrent_cancels`."""
         with self._lock:
             if self._stopping.is_set():
                 return 0
             free = self._max - self._workers
             exclude = list(self._inflight)
-            ready = len(self._ready)
-        if free <= 0:
-            return 0
-        wanted = (
-            ready
-            + len(
+            waiting = len(self._ready)
+        if free > waiting:
+            waiting += len(
                 self._store.claimable(
-                    OrderState.CANCEL_REQUESTED, now, limit=max(free - ready, 0), exclude=exclude
+                    OrderState.CANCEL_REQUESTED, now, limit=free - waiting, exclude=exclude
                 )
             )
-            if free > ready
-            else ready
-        )
-        count = min(free, wanted)
+        count = min(free, waiting)
+        if count <= 0:
+            return 0
         with self._lock:
             self._workers += count
         for _ in range(count):
