@@ -1,0 +1,161 @@
+"""How the command shows orders and history: exact JSON shapes, aligned tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from ledger import Event, Order, OrderState
+from scheduler._cliformat import (
+    event_json,
+    history_table,
+    order_json,
+    order_table,
+    pair,
+    status_lines,
+    table,
+    to_json,
+)
+
+ISTANBUL = ZoneInfo("Europe/Istanbul")
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def make_order(**overrides: object) -> Order:
+    values: dict[str, object] = {
+        "order_id": "312891245",
+        "send_at": datetime(2026, 11, 28, 14, 5, tzinfo=UTC),
+        "state": OrderState.SCHEDULED,
+        "label": None,
+        "reason": "registered",
+        "cancel_requested_at": None,
+        "cancel_attempts": 0,
+        "check_attempts": 0,
+        "last_provider_code": None,
+        "warned_at": None,
+        "claim_owner": None,
+        "claim_expires_at": None,
+        "created_at": datetime(2026, 11, 28, 11, 0, 0, 250000, tzinfo=UTC),
+        "updated_at": datetime(2026, 11, 28, 11, 0, 0, 250000, tzinfo=UTC),
+    }
+    values.update(overrides)
+    return Order(**values)  # type: ignore[arg-type]
+
+
+def test_order_json_has_the_documented_keys_and_utc_times() -> None:
+    order = make_order(
+        state=OrderState.CANCELLED,
+        label="promo",
+        reason="verified",
+        cancel_requested_at=datetime(2026, 11, 28, 11, 30, tzinfo=UTC),
+        cancel_attempts=1,
+        last_provider_code=115,
+    )
+    assert order_json(order) == {
+        "order_id": "312891245",
+        "state": "cancelled",
+        "send_at": "2026-11-28T14:05:00Z",
+        "label": "promo",
+        "reason": "verified",
+        "cancel_requested_at": "2026-11-28T11:30:00Z",
+        "cancel_attempts": 1,
+        "last_provider_code": 115,
+        "created_at": "2026-11-28T11:00:00.250000Z",
+        "updated_at": "2026-11-28T11:00:00.250000Z",
+    }
+    assert order_json(make_order())["cancel_requested_at"] is None
+
+
+def test_event_json_has_the_documented_keys() -> None:
+    first = Event("1", datetime(2026, 11, 28, 11, 0, tzinfo=UTC), None, OrderState.SCHEDULED, "r")
+    second = Event(
+        "1",
+        datetime(2026, 11, 28, 11, 5, tzinfo=UTC),
+        OrderState.SCHEDULED,
+        OrderState.CANCEL_REQUESTED,
+        None,
+        {"seconds_left": 10.5},
+    )
+    assert [event_json(first), event_json(second)] == [
+        {
+            "at": "2026-11-28T11:00:00Z",
+            "from_state": None,
+            "to_state": "scheduled",
+            "reason": "r",
+            "details": {},
+        },
+        {
+            "at": "2026-11-28T11:05:00Z",
+            "from_state": "scheduled",
+            "to_state": "cancel_requested",
+            "reason": None,
+            "details": {"seconds_left": 10.5},
+        },
+    ]
+
+
+def test_json_text_keeps_turkish_letters_readable() -> None:
+    text = to_json({"label": "İptal şöyle"})
+    assert "İptal şöyle" in text
+    assert json.loads(text) == {"label": "İptal şöyle"}
+
+
+def test_table_columns_are_as_wide_as_their_widest_cell() -> None:
+    assert table(("A", "LONG"), [("xxxx", "y"), ("z", "")]) == [
+        "A     LONG",
+        "xxxx  y",
+        "z",
+    ]
+
+
+def test_order_table_shows_local_time_and_countdown() -> None:
+    lines = order_table(
+        [make_order(), make_order(order_id="7", label="a label", reason=None)], ISTANBUL, NOW
+    )
+    assert lines[0].split() == ["ORDER", "STATE", "SEND", "AT", "DISPATCH", "LABEL", "REASON"]
+    assert lines[1].split("  ")[0] == "312891245"
+    assert "2026-11-28 17:05 +03" in lines[1]
+    assert "in 2 h 5 min" in lines[1]
+    assert lines[2].startswith("7          scheduled")
+    assert lines[2].endswith("a label  -")
+    # Every column starts at the same place on every line.
+    assert (
+        len({line.index("STATE" if n == 0 else "scheduled") for n, line in enumerate(lines)}) == 1
+    )
+
+
+def test_status_lines_show_every_field_in_the_zone() -> None:
+    lines = status_lines(
+        make_order(cancel_requested_at=datetime(2026, 11, 28, 11, 57, tzinfo=UTC)), ISTANBUL, NOW
+    )
+    text = "\n".join(lines)
+    assert "send at          2026-11-28 17:05 +03 (in 2 h 5 min)" in text
+    assert "cancel asked     2026-11-28 14:57:00 +03 (3 min ago)" in text
+    assert "provider code    -" in text
+
+
+def test_history_table_shows_details_as_pairs() -> None:
+    events = [
+        Event("1", NOW, None, OrderState.SCHEDULED, "registered"),
+        Event(
+            "1",
+            NOW + timedelta(seconds=5),
+            OrderState.SCHEDULED,
+            OrderState.CANCEL_REQUESTED,
+            "cancel requested",
+            {"seconds_left": 12.5, "note": "two words"},
+        ),
+    ]
+    lines = history_table(events, ISTANBUL)
+    assert lines[1].startswith("2026-11-28 15:00:00 +03  -          scheduled")
+    assert lines[2].endswith('seconds_left=12.5 note="two words"')
+
+
+def test_pairs_quote_only_what_needs_it() -> None:
+    assert pair("a", "word") == "a=word"
+    assert pair("a", "two words") == 'a="two words"'
+    assert pair("a", "") == 'a=""'
+    assert pair("a", None) == "a=null"
+    assert pair("a", 3) == "a=3"
+    assert pair("a", {"b": [1, 2]}) == 'a={"b":[1,2]}'

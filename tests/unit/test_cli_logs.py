@@ -1,0 +1,127 @@
+"""`smsledger logs` pieces: record filters, the aligned line, and following a changing file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from scheduler._clilogs import LineFormatter, LogFilter, LogTail, parse_record, record_time
+
+ISTANBUL = ZoneInfo("Europe/Istanbul")
+
+
+def rec(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "timestamp": "2026-11-28T10:00:00.000001Z",
+        "level": "info",
+        "event": "order_state_changed",
+    }
+    base.update(fields)
+    return base
+
+
+def test_only_json_objects_are_records() -> None:
+    assert parse_record('{"event": "x"}') == {"event": "x"}
+    assert parse_record("not json") is None
+    assert parse_record("[1, 2]") is None
+    assert parse_record('{"event": ') is None
+
+
+def test_record_time_reads_the_utc_timestamp() -> None:
+    assert record_time(rec()) == datetime(2026, 11, 28, 10, 0, 0, 1, tzinfo=UTC)
+    assert record_time(rec(timestamp="yesterday")) is None
+    assert record_time(rec(timestamp="2026-11-28T10:00:00")) is None  # naive: unknowable
+    assert record_time({"event": "x"}) is None
+
+
+def test_each_filter_alone() -> None:
+    assert LogFilter().matches(rec())
+    assert LogFilter(order="42").matches(rec(order_id=42))  # ints and strings alike
+    assert not LogFilter(order="42").matches(rec(order_id="43"))
+    assert not LogFilter(order="42").matches(rec())
+    assert LogFilter(event="provider_call").matches(rec(event="provider_call"))
+    assert not LogFilter(event="provider_call").matches(rec())
+    since = datetime(2026, 11, 28, 10, 0, 0, 1, tzinfo=UTC)
+    assert LogFilter(since=since).matches(rec())  # at the boundary: included
+    assert not LogFilter(since=since).matches(rec(timestamp="2026-11-28T09:59:59Z"))
+    assert not LogFilter(since=since).matches(rec(timestamp="garbage"))
+
+
+def test_level_means_that_level_or_more_severe() -> None:
+    levels = ["debug", "info", "warning", "error", "critical"]
+    shown = [lv for lv in levels if LogFilter(level="warning").matches(rec(level=lv))]
+    assert shown == ["warning", "error", "critical"]
+    assert LogFilter(level="debug").matches(rec(level="DEBUG"))
+    assert not LogFilter(level="debug").matches(rec(level="chatter"))
+
+
+def test_filters_combine_with_and() -> None:
+    f = LogFilter(order="1", level="warning")
+    assert f.matches(rec(order_id="1", level="error"))
+    assert not f.matches(rec(order_id="1", level="info"))
+    assert not f.matches(rec(order_id="2", level="error"))
+
+
+def test_lines_show_time_level_event_order_then_the_rest_aligned() -> None:
+    formatter = LineFormatter(ISTANBUL)
+    records = [
+        rec(order_id="1", to_state="cancelled", reason="verified by report"),
+        rec(level="warning", event="provider_call", endpoint="get-report"),
+    ]
+    formatter.fit(records)
+    first, second = (formatter.format(r) for r in records)
+    assert first == (
+        "2026-11-28 13:00:00 +03  info     order_state_changed  1  "
+        'to_state=cancelled reason="verified by report"'
+    )
+    assert second == (
+        "2026-11-28 13:00:00 +03  warning  provider_call        -  endpoint=get-report"
+    )
+
+
+def test_columns_only_grow_so_followed_lines_stay_aligned() -> None:
+    formatter = LineFormatter(ISTANBUL)
+    wide = formatter.format(rec(event="a_rather_long_event_name", order_id="1"))
+    narrow = formatter.format(rec(event="x", order_id="1"))
+    assert wide.index(" 1") == narrow.index(" 1")
+
+
+def test_tail_waits_for_the_file_and_returns_whole_lines_only(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    tail = LogTail(path)
+    assert tail.poll() == []
+    path.write_text("one\ntw")
+    assert tail.poll() == ["one"]
+    with path.open("a") as f:
+        f.write("o\nthree\n")
+    assert tail.poll() == ["two", "three"]
+    assert tail.poll() == []
+    tail.close()
+
+
+def test_tail_starts_over_after_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text("a long first line\nsecond\n")
+    tail = LogTail(path)
+    assert tail.poll() == ["a long first line", "second"]
+    path.write_text("new\n")  # truncated in place, shorter than before
+    assert tail.poll() == ["new"]
+    tail.close()
+
+
+def test_tail_follows_a_rotated_file(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text("old 1\n")
+    tail = LogTail(path)
+    assert tail.poll() == ["old 1"]
+    with path.open("a") as f:
+        f.write("old 2\n")
+    path.replace(tmp_path / "log.jsonl.1")
+    path.write_text("new 1\n")
+    assert tail.poll() == ["old 2", "new 1"]
+    path.unlink()  # removed: wait for it to come back
+    assert tail.poll() == []
+    path.write_text("newer\n")
+    assert tail.poll() == ["newer"]
+    tail.close()
