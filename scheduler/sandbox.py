@@ -130,6 +130,13 @@ _GARBAGE_PAGE = (
     b"</body>\r\n</html>\r\n"
 )
 
+
+def _utcnow() -> datetime:
+    # Not ledger._clock.utcnow: importing `ledger` loads the database stack (about a second),
+    # and the sandbox stands for the provider, whose clock is not the ledger's anyway.
+    return datetime.now(UTC)
+
+
 _Fault = Literal["error", "drop", "garbage"]
 _State = Literal["pending", "sending", "completed", "cancelled"]
 # state -> (order.status, status of each message in order.message[])
@@ -138,10 +145,6 @@ _REPORT_STATUSES: Final[dict[_State, tuple[int, int]]] = {
     "completed": (114, 111),
     "cancelled": (115, 112),
 }
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -212,13 +215,14 @@ class Faults:
 
 
 def _check_number(name: str, value: object, *, upper: float) -> None:
+    """Raise ValueError unless `value` is a finite number in [0, upper]."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
+        or not math.isfinite(value)
         or not 0.0 <= value <= upper
-        or math.isnan(value)
     ):
-        bound = "a number >= 0" if upper == math.inf else f"a number in [0, {upper:g}]"
+        bound = "a finite number >= 0" if upper == math.inf else f"a number in [0, {upper:g}]"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
@@ -951,24 +955,25 @@ class _Handler(BaseHTTPRequestHandler):
 # -- command line -----------------------------------------------------------------------------
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _number_arg(upper: float) -> Callable[[str], float]:
+    """An argparse type: a number in [0, upper], checked as `Faults` checks its fields."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            _check_number("the value", value, upper=upper)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
+_seconds = _number_arg(math.inf)
+_share = _number_arg(1.0)
 
 
 def _endpoints_arg(text: str) -> frozenset[str]:
@@ -1016,18 +1021,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency", type=_seconds, default=0.0, metavar="SECONDS", help="delay every answer"
     )
     faults.add_argument(
-        "--error-rate", type=_rate, default=0.0, help="share of requests answered 503, not done"
+        "--error-rate",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of requests answered 503, not done",
     )
     faults.add_argument(
         "--drop-rate",
-        type=_rate,
+        type=_share,
         default=0.0,
+        metavar="SHARE",
         help="share of requests done but whose answer is lost (connection closed)",
     )
     faults.add_argument(
         "--garbage-rate",
-        type=_rate,
+        type=_share,
         default=0.0,
+        metavar="SHARE",
         help="share of requests done but answered with an unreadable HTML page",
     )
     faults.add_argument(

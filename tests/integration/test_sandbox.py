@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from scheduler.sandbox import FIRST_ORDER_ID, Faults, Sandbox, add_arguments
+from scheduler.sandbox import FIRST_ORDER_ID, Faults, Sandbox, add_arguments, run_from_args
 
 AUTH = {"key": "sandbox-key", "hash": "sandbox-hash"}
 START = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)  # 09:00 in Istanbul
@@ -623,6 +623,7 @@ def test_set_faults_can_reseed(http: httpx.Client, sandbox: Sandbox) -> None:
         {"error_rate": 0.6, "garbage_rate": 0.6},
         {"latency": -1.0},
         {"latency": float("nan")},
+        {"latency": float("inf")},
         {"endpoints": frozenset({"send-email"})},
         {"fail_next": {"send-email": 1}},
         {"drop_next": {"send-sms": -1}},
@@ -893,6 +894,18 @@ def test_add_arguments_refuses_bad_values(
         parser.parse_args(argv)
     assert exited.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_run_from_args_refuses_rates_over_1_with_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--error-rate", "0.7", "--drop-rate", "0.7"])
+    assert run_from_args(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "must not exceed 1" in captured.err
 
 
 def _read_line(proc: subprocess.Popen[str], seconds: float) -> str:
