@@ -1,0 +1,77 @@
+"""Fixtures every tier may use: a hermetic environment, default logging, real ledger files."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+import ledger.logsetup
+from ledger import Ledger, Order
+
+_ENV_PREFIXES = ("SMSLEDGER_", "ILETIMERKEZI_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SMSLEDGER_* or ILETIMERKEZI_* variable of the developer's shell reaches a test."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with a fresh secret redactor and leaves structlog at its defaults."""
+    monkeypatch.setattr(ledger.logsetup, "redactor", ledger.logsetup.SecretRedactor())
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def ledger_factory(tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
+    """Open a `Ledger` on a real SQLite file in tmp_path; keyword arguments go to `Ledger`.
+
+    Calls with the same `name` open the same file (as two processes would); all are closed after
+    the test.
+    """
+    opened: list[Ledger] = []
+
+    def make(name: str = "ledger.db", **kwargs: Any) -> Ledger:
+        new = Ledger(f"sqlite:///{tmp_path / name}", **kwargs)
+        opened.append(new)
+        return new
+
+    yield make
+    for each in opened:
+        each.close()
+
+
+@pytest.fixture
+def tmp_ledger(ledger_factory: Callable[..., Ledger]) -> Ledger:
+    """A ledger with the default margins on a fresh SQLite file."""
+    return ledger_factory()
+
+
+@pytest.fixture
+def order_factory(request: pytest.FixtureRequest) -> Callable[..., Order]:
+    """Register an order and return it: a fresh id, one hour after the ledger's clock, no label.
+
+    Override any of ``order_id``, ``send_at``, ``label``; ``ledger=`` registers in another ledger
+    than `tmp_ledger` (which is then not even created).
+    """
+    ids = itertools.count(1)
+
+    def make(**overrides: Any) -> Order:
+        target: Ledger = overrides.pop("ledger", None) or request.getfixturevalue("tmp_ledger")
+        order_id = overrides.pop("order_id", f"order-{next(ids)}")
+        send_at = overrides.pop("send_at", target.now() + timedelta(hours=1))
+        return target.register(order_id, send_at=send_at, **overrides)
+
+    return make
