@@ -59,7 +59,7 @@ def frozen(
 ) -> Iterator[tuple[Ledger, Callable[[datetime], None]]]:
     """A ledger at T0 with the default margins, and a function that moves its clock."""
     if request.param == "freezegun":
-        with freeze_time(T0) as frozen_time:
+        with freeze_time(T0, ignore=["_pytest"]) as frozen_time:  # keep pytest timings real
             yield ledger_factory(), frozen_time.move_to
     else:
         clock = ManualClock(T0)

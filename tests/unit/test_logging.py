@@ -49,7 +49,7 @@ def test_every_state_change_is_one_json_line_with_order_states_reason_utc_timest
 ) -> None:
     log_file = tmp_path / "logs" / "smsledger.jsonl"
     configure_logging(LogConfig(path=str(log_file)))
-    with freeze_time(FROZEN):
+    with freeze_time(FROZEN, ignore=["_pytest"]):
         ledger = ledger_factory()
         ledger.register("o1", send_at=FROZEN + timedelta(hours=1))
         ledger.request_cancel("o1")
