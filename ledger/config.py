@@ -27,6 +27,7 @@ __all__ = [
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
+    "hide_password",
     "load_config",
 ]
 
@@ -37,11 +38,27 @@ DEFAULT_CONFIG_NAME = "smsledger.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def hide_password(url: str) -> str:
+    """The database URL with any password replaced by ***, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 @dataclass(frozen=True)
 class LedgerConfig:
-    url: str = "sqlite:///smsledger.db"
+    url: str = field(default="sqlite:///smsledger.db", repr=False)
     synchronous: str = "FULL"  # SQLite PRAGMA synchronous: FULL for an audit ledger
     busy_timeout_seconds: float = 30.0
+
+    def __repr__(self) -> str:
+        return (
+            f"LedgerConfig(url={hide_password(self.url)!r}, synchronous={self.synchronous!r}, "
+            f"busy_timeout_seconds={self.busy_timeout_seconds!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class Config:
         for name in _SECTIONS:
             section = getattr(self, name)
             out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
+        out["ledger"]["url"] = hide_password(self.ledger.url)
         out["api"]["key"] = "<set>" if self.api.key else "<missing>"
         out["api"]["hash"] = "<set>" if self.api.hash else "<missing>"
         return out
@@ -136,7 +154,7 @@ def load_config(
 ) -> Config:
     """Read and check a config file (or the defaults when `path` is None), then apply env overrides.
 
-    A path that was named explicitly (argument or $SMSLEDGER_CONFIG) must exist.
+    The file must exist; use `find_config_path` to choose it the way the command does.
     """
     env = os.environ if environ is None else environ
     data: dict[str, Any] = {}

@@ -44,23 +44,30 @@ class SecretRedactor:
             # Longest first so a secret that contains another is replaced whole.
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
-    def scrub(self, value: Any) -> Any:
+    def scrub(self, value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
         """Return `value` with every registered secret replaced."""
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
             return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, dict):
             return {
-                k: (REDACTED if str(k).lower() in _SENSITIVE_KEYS and v else self.scrub(v))
+                self.scrub(k): (
+                    REDACTED if str(k).lower() in _SENSITIVE_KEYS and v else self.scrub(v)
+                )
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
             return type(value)(self.scrub(v) for v in value)
+        if isinstance(value, bytes | bytearray):
+            return self.scrub(bytes(value).decode("utf-8", errors="replace"))
         if isinstance(value, BaseException):
             return self.scrub(f"{type(value).__name__}: {value}")
-        return value
+        # Anything else would be stringified by the renderer: scrub that string now.
+        return self.scrub(str(value))
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]

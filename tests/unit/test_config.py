@@ -313,10 +313,6 @@ def test_the_redacted_config_shows_missing_credentials_as_missing() -> None:
     assert set(redacted) == {"timezone", "source", "ledger", "windows", "api", "scheduler", "log"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.py Config.redacted()/repr show the database password inside ledger.url",
-)
 def test_the_redacted_config_and_its_repr_hide_a_database_password_in_the_ledger_url(
     write_config: Callable[[str], Path],
 ) -> None:

@@ -242,7 +242,6 @@ def test_a_refused_cancel_asked_again_is_refused_again_without_a_new_event(
     assert snapshot(ledger) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api.py _refuse formats -0.0 as 'passed -0 s ago'")
 def test_a_cancel_exactly_at_send_time_is_refused_as_passed_0_s_ago_not_minus_0(
     ledger_factory: Callable[..., Ledger],
 ) -> None:

@@ -167,10 +167,6 @@ def test_each_order_moved_by_a_due_batch_gets_its_own_state_change_line(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: api.py Ledger.register_many logs only orders_registered, no order_state_changed",
-)
 def test_each_order_registered_in_a_batch_gets_its_own_state_change_line(
     tmp_ledger: Ledger, order_factory: Callable[..., Order]
 ) -> None:
@@ -357,11 +353,6 @@ def test_the_redactor_as_a_processor_leaves_other_values_untouched() -> None:
     assert redactor(None, "info", dict(event)) == event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: logsetup.py SecretRedactor.scrub leaves bytes, other objects and dict keys "
-    "as they are; JSONRenderer(default=str) then writes the secret",
-)
 @pytest.mark.parametrize(
     "value",
     [
