@@ -1,0 +1,909 @@
+"""The daemon's passes on a real ledger file, talking HTTP to an in-process sandbox.
+
+One `FakeClock` drives the ledger, the daemon and the sandbox, and is the daemon's `sleep`, so
+margins, leases and backoff waits are crossed in fake time and each test runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from helpers import (
+    FakeClock,
+    HookedClient,
+    dead_pid,
+    owner_on_this_host,
+    run_pass_within,
+    stale_cancelling,
+    wait_for,
+)
+from structlog.testing import capture_logs
+
+from ledger import Ledger, Order, OrderState
+from scheduler.client import IletiMerkeziClient
+from scheduler.daemon import Daemon, make_owner
+from scheduler.sandbox import Faults, Sandbox
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+KEY = "it-key-5d1c0f3a9b"
+HASH = "it-hash-e27b94c6d8"
+LEASE = timedelta(seconds=35)
+WARN = timedelta(minutes=15)
+REFUSE = timedelta(minutes=5)
+OTHER_HOST_OWNER = "some-other-host:4242:abcd1234"
+PASS_TIMEOUT = 15.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture
+def make_sandbox(clock: FakeClock) -> Iterator[Callable[..., Sandbox]]:
+    started: list[Sandbox] = []
+
+    def make(**kwargs: Any) -> Sandbox:
+        kwargs.setdefault("key", KEY)
+        kwargs.setdefault("hash", HASH)
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("seed", 1)
+        sandbox = Sandbox(**kwargs).start()
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.stop()
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """A provider that queues orders two minutes before their send time (inside our margins)."""
+    return make_sandbox()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    opened = Ledger(
+        f"sqlite:///{tmp_path / 'ledger.db'}",
+        warn_before=WARN,
+        refuse_before=REFUSE,
+        synchronous="NORMAL",
+        clock=clock,
+    )
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., IletiMerkeziClient]]:
+    clients: list[IletiMerkeziClient] = []
+
+    def make(sandbox: Sandbox, *, key: str = KEY, hash: str = HASH) -> IletiMerkeziClient:
+        client = IletiMerkeziClient(sandbox.url, key, hash, timeout=5.0)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
+    return make_client(sandbox)
+
+
+@pytest.fixture
+def make_daemon(
+    ledger: Ledger, clock: FakeClock, client: IletiMerkeziClient
+) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(**kwargs: Any) -> Daemon:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", clock.advance)
+        kwargs.setdefault("rng", random.Random(0))
+        kwargs.setdefault("lease", LEASE)
+        daemon = Daemon(kwargs.pop("ledger", ledger), kwargs.pop("client", client), **kwargs)
+        daemons.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in daemons:
+        daemon.stop(grace=5.0)
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon()
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The pid of a live process of this host (a sleeping child), standing for another daemon."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as proc:
+        yield proc.pid
+        proc.kill()
+
+
+@pytest.fixture
+def order(ledger: Ledger, sandbox: Sandbox, clock: FakeClock) -> Callable[..., Order]:
+    """Register an order at the ledger and the sandbox, and ask for its cancel.
+
+    `send_in`: time from now to the ledger's send time (default one hour). `provider_send_in`:
+    the sandbox's own send time when it must differ (None: same); `at_provider=False` leaves the
+    sandbox without the order. `cancel=False` leaves it `scheduled`.
+    """
+    count = iter(range(1, 10_000))
+
+    def make(
+        *,
+        send_in: timedelta = timedelta(hours=1),
+        provider_send_in: timedelta | None = None,
+        at_provider: bool = True,
+        cancel: bool = True,
+        order_id: str | None = None,
+    ) -> Order:
+        oid = order_id or f"31289{next(count):04d}"
+        now = clock.now()
+        registered = ledger.register(oid, now + send_in)
+        if at_provider:
+            sandbox.add_order(
+                oid, now + (send_in if provider_send_in is None else provider_send_in)
+            )
+        return ledger.request_cancel(oid) if cancel else registered
+
+    return make
+
+
+def truth_of(sandbox: Sandbox, order_id: str) -> dict[str, Any]:
+    return sandbox.truth()["orders"][order_id]
+
+
+def states_in_history(ledger: Ledger, order_id: str) -> list[str]:
+    return [event.to_state.value for event in ledger.history(order_id)]
+
+
+def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+# -- pre-check ---------------------------------------------------------------------------------
+
+
+def test_pending_order_is_recorded_cancelling_before_its_one_cancel_and_verified_cancelled(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    oid = order().order_id
+    hooked = HookedClient(client)
+    seen_at_cancel: list[Order] = []
+    hooked.before_cancel.append(lambda: seen_at_cancel.append(ledger.get(oid)))
+    daemon = make_daemon(client=hooked)
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.reason == "cancel verified: provider reports 115"
+    assert final.cancel_attempts == 1
+    assert final.last_provider_code == 115
+    assert final.claim_owner is None
+    assert [o.order_id for o in report.finished] == [oid]
+    # The ledger said `cancelling`, attempt 1, before the request left.
+    assert [(o.state, o.cancel_attempts, o.claim_owner) for o in seen_at_cancel] == [
+        (OrderState.CANCELLING, 1, daemon.owner)
+    ]
+    history = ledger.history(oid)
+    assert [e.to_state.value for e in history] == [
+        "scheduled",
+        "cancel_requested",
+        "cancelling",
+        "cancelled",
+    ]
+    assert history[2].details == {"attempt": 1}
+    truth = truth_of(sandbox, oid)
+    assert (truth["state"], truth["cancel_calls"], truth["cancels_accepted"]) == ("cancelled", 1, 1)
+    assert truth["report_calls"] == 2  # the pre-check and the verification
+
+
+@pytest.mark.parametrize(
+    ("setup", "state", "code", "reason_part"),
+    [
+        ("sending", OrderState.TOO_LATE, 113, "113"),
+        ("completed", OrderState.TOO_LATE, 114, "114"),
+        ("cancelled_earlier", OrderState.CANCELLED, 115, "already not sent at provider"),
+        ("unknown_id", OrderState.NOT_FOUND, 455, "455"),
+    ],
+)
+def test_precheck_answer_other_than_pending_ends_the_order_without_a_cancel(
+    setup: str,
+    state: OrderState,
+    code: int,
+    reason_part: str,
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    daemon: Daemon,
+    order: Callable[..., Order],
+) -> None:
+    if setup == "sending":
+        oid = order(provider_send_in=timedelta(seconds=60)).order_id  # in the provider's queue
+    elif setup == "completed":
+        oid = order(provider_send_in=timedelta(hours=-1)).order_id  # sent an hour ago
+    elif setup == "cancelled_earlier":
+        oid = order().order_id
+        client.cancel_order(oid)  # someone cancelled it at the provider already
+    else:
+        oid = order(at_provider=False).order_id
+    calls_before = truth_of(sandbox, oid)["cancel_calls"] if setup != "unknown_id" else 0
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is state
+    assert reason_part in (final.reason or "")
+    assert final.last_provider_code == code
+    assert final.cancel_attempts == 0
+    assert states_in_history(ledger, oid)[-2:] == ["cancel_requested", state.value]
+    assert sandbox.truth()["totals"]["cancel-order"]["requests"] == calls_before
+    if setup != "unknown_id":
+        assert truth_of(sandbox, oid)["cancel_calls"] == calls_before
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def test_cancel_that_did_not_take_is_sent_again_after_verification_proves_it_pending(
+    ledger: Ledger, sandbox: Sandbox, daemon: Daemon, order: Callable[..., Order]
+) -> None:
+    oid = order().order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))  # 503: the cancel was not done
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.cancel_attempts == 2
+    history = ledger.history(oid)
+    assert [e.to_state.value for e in history][2:] == ["cancelling", "cancelling", "cancelled"]
+    assert [e.details for e in history[2:4]] == [{"attempt": 1}, {"attempt": 2}]
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (2, 1)
+    assert truth["report_calls"] == 3  # pre-check, verify (456), verify (115)
+
+
+@pytest.mark.parametrize(
+    ("fault", "answer_lost"),
+    [("drop_next", "connection closed"), ("garbage_next", "HTML instead of JSON")],
+)
+def test_cancel_whose_answer_is_lost_is_verified_not_resent(
+    fault: str,
+    answer_lost: str,
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+) -> None:
+    oid = order().order_id
+    sandbox.set_faults(Faults(**{fault: {"cancel-order": 1}}))
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert ledger.get(oid).state is OrderState.CANCELLED
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 1)
+    unanswered = events_named(logs, "cancel_unanswered")
+    assert len(unanswered) == 1, answer_lost
+    assert unanswered[0]["maybe_delivered"] is True
+
+
+def test_verification_455_after_a_cancel_counts_as_cancelled(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    """A crashed daemon's cancel of an order the provider no longer lists: 455 proves it."""
+    oid = order(at_provider=False).order_id
+    stale_cancelling(
+        ledger, oid, owner=OTHER_HOST_OWNER, expires_at=clock.now() - LEASE, now=clock.now()
+    )
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.reason == "cancel verified: provider no longer lists the order (455)"
+    assert final.cancel_attempts == 1  # nothing resent
+    assert sandbox.truth()["totals"]["cancel-order"]["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("advance", "code"),
+    [
+        (timedelta(minutes=7), 113),  # the provider queued it meanwhile
+        (timedelta(minutes=9), 114),  # and sent it
+    ],
+)
+def test_verification_finding_the_order_sending_or_sent_is_too_late(
+    advance: timedelta,
+    code: int,
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    # The provider sends it at 8 minutes (queued from 6), while our ledger says an hour.
+    oid = order(send_in=timedelta(hours=1), provider_send_in=timedelta(minutes=8)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    hooked = HookedClient(client)
+    hooked.after_cancel.append(lambda: clock.advance(advance.total_seconds()))
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.TOO_LATE
+    assert final.last_provider_code == code
+    assert str(code) in (final.reason or "")
+    assert states_in_history(ledger, oid)[-2:] == ["cancelling", "too_late"]
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 0)
+
+
+def test_still_pending_when_the_refuse_margin_has_closed_needs_attention(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order(send_in=timedelta(minutes=10)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    hooked = HookedClient(client)
+    # The cancel took six minutes to fail: four minutes left, inside refuse_before (five).
+    hooked.after_cancel.append(lambda: clock.advance(6 * 60))
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert "456" in (final.reason or "")
+    assert "refuse margin" in (final.reason or "")
+    truth = truth_of(sandbox, oid)
+    assert (truth["state"], truth["cancel_calls"], truth["cancels_accepted"]) == ("pending", 1, 0)
+
+
+def test_margin_closing_between_verification_and_resend_needs_attention_not_a_crash(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order(send_in=timedelta(minutes=10)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    hooked = HookedClient(client)
+    verifications: list[int] = []
+
+    def after_report(report: Any) -> None:
+        verifications.append(report.code)
+        if len(verifications) == 2:  # the verification after the failed cancel: still 456
+            # The next clock reading (after_verify's) still sees WARN; the one after, REFUSE.
+            clock.jump_after_next_read(timedelta(minutes=5))
+
+    hooked.after_report.append(after_report)
+    daemon = make_daemon(client=hooked)
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    # A `cancelling` order cannot become cancel_refused; the one cancel sent may yet take.
+    assert verifications == [456, 456]
+    assert not events_named(logs, "cancel_sequence_failed")
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+def test_an_order_that_stays_pending_gets_at_most_five_cancels_then_a_person(
+    ledger: Ledger, sandbox: Sandbox, daemon: Daemon, order: Callable[..., Order]
+) -> None:
+    oid = order().order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 50}))
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert final.cancel_attempts == 5
+    assert "5 cancels sent" in (final.reason or "")
+    assert truth_of(sandbox, oid)["cancel_calls"] == 5
+
+
+# -- transient errors until the margin closes ---------------------------------------------------
+
+
+def test_unreadable_provider_until_the_margin_closes_refuses_when_no_cancel_was_sent(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order(send_in=timedelta(minutes=20)).order_id
+    refuse_edge = clock.now() + timedelta(minutes=20) - REFUSE
+    sandbox.set_faults(Faults(error_rate=1.0, endpoints=frozenset({"get-report"})))
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCEL_REFUSED
+    assert "margin closed before the cancel could be sent" in (final.reason or "")
+    truth = truth_of(sandbox, oid)
+    assert truth["cancel_calls"] == 0
+    # It kept trying with growing waits, and never waited past the refuse edge.
+    assert truth["report_calls"] >= 5
+    assert clock.now() < refuse_edge
+    assert clock.slept == sorted(clock.slept[:5]) + clock.slept[5:]
+    assert clock.slept[4] > clock.slept[0] * 4
+    retries = events_named(logs, "provider_retry")
+    assert [r["failures"] for r in retries] == list(range(1, len(retries) + 1))
+
+
+def test_unreadable_provider_after_a_possible_cancel_needs_attention(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order(send_in=timedelta(minutes=20)).order_id
+    sandbox.set_faults(Faults(drop_next={"cancel-order": 1}))  # done, answer lost
+    hooked = HookedClient(client)
+    hooked.after_cancel.append(
+        lambda: sandbox.set_faults(Faults(error_rate=1.0, endpoints=frozenset({"get-report"})))
+    )
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert "cancel may have been sent but could not be verified" in (final.reason or "")
+    truth = truth_of(sandbox, oid)
+    assert (truth["state"], truth["cancel_calls"]) == ("cancelled", 1)
+    assert clock.now() < final.send_at - REFUSE
+
+
+def test_a_burst_of_503s_on_the_precheck_is_waited_out(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    sandbox.set_faults(Faults(fail_next={"get-report": 3}))
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.check_attempts == 5  # three failures, the pre-check, the verification
+    assert len(clock.slept) == 3
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+# -- refuse, warn, dispatch --------------------------------------------------------------------
+
+
+def test_refuse_step_refuses_requests_inside_the_margin_without_calling_the_provider(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    at_edge = order(send_in=timedelta(minutes=10)).order_id
+    inside = order(send_in=timedelta(minutes=9)).order_id
+    outside = order(send_in=timedelta(minutes=10, microseconds=1)).order_id
+    clock.advance(5 * 60)  # at_edge now has exactly refuse_before left
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert report.refused == 2
+    for oid in (at_edge, inside):
+        final = ledger.get(oid)
+        assert final.state is OrderState.CANCEL_REFUSED
+        assert final.cancel_attempts == 0
+        assert truth_of(sandbox, oid)["report_calls"] == 0
+    assert ledger.get(outside).state is OrderState.CANCELLED
+
+
+def test_cancel_at_risk_is_warned_once_per_order_with_seconds_left_and_attempts(
+    ledger: Ledger,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    at_risk = order(send_in=timedelta(minutes=14)).order_id
+    order(send_in=timedelta(hours=2))  # not at risk: cancelled in the first pass
+    # Another daemon holds the claim, so the order stays pending across our passes.
+    ledger.store.claim(
+        at_risk,
+        OrderState.CANCEL_REQUESTED,
+        owner=OTHER_HOST_OWNER,
+        expires_at=clock.now() + timedelta(hours=1),
+        now=clock.now(),
+    )
+
+    with capture_logs() as logs:
+        first = run_pass_within(daemon, PASS_TIMEOUT)
+        clock.advance(30)
+        second = run_pass_within(daemon, PASS_TIMEOUT)
+
+    warnings = events_named(logs, "cancel_at_risk")
+    assert (first.warned, second.warned) == (1, 0)
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["order_id"] == at_risk
+    assert warnings[0]["seconds_left"] == 14 * 60
+    assert warnings[0]["attempts"] == 0
+    assert ledger.get(at_risk).warned_at == START
+
+
+def test_a_cancelling_order_inside_warn_before_is_warned_with_its_attempts(
+    ledger: Ledger,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+    live_pid: int,
+) -> None:
+    """A live daemon of this host holds it mid-cancel (second attempt) through both passes."""
+    oid = order(send_in=timedelta(minutes=12)).order_id
+    owner = owner_on_this_host(live_pid)
+    stale_cancelling(
+        ledger, oid, owner=owner, expires_at=clock.now() + LEASE, now=clock.now(), attempts=2
+    )
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    warnings = events_named(logs, "cancel_at_risk")
+    assert [(w["order_id"], w["state"], w["attempts"]) for w in warnings] == [
+        (oid, "cancelling", 2)
+    ]
+
+
+def test_dispatch_step_marks_scheduled_orders_past_their_send_time_dispatched(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    past = order(send_in=timedelta(minutes=1), cancel=False).order_id
+    exactly_now = order(send_in=timedelta(minutes=2), cancel=False).order_id
+    later = order(send_in=timedelta(minutes=2, microseconds=1), cancel=False).order_id
+    clock.advance(120)
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert report.dispatched == 2
+    assert ledger.get(past).state is OrderState.DISPATCHED
+    assert ledger.get(exactly_now).state is OrderState.DISPATCHED
+    assert ledger.get(past).reason == "send time passed with no cancel requested"
+    assert ledger.get(later).state is OrderState.SCHEDULED
+    assert sandbox.truth()["totals"]["get-report"]["requests"] == 0
+
+
+# -- claims and recovery -----------------------------------------------------------------------
+
+
+def test_a_request_claimed_by_another_live_daemon_is_not_touched(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    expires = clock.now() + LEASE
+    ledger.store.claim(
+        oid,
+        OrderState.CANCEL_REQUESTED,
+        owner=OTHER_HOST_OWNER,
+        expires_at=expires,
+        now=clock.now(),
+    )
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    after = ledger.get(oid)
+    assert (after.state, after.claim_owner, after.claim_expires_at) == (
+        OrderState.CANCEL_REQUESTED,
+        OTHER_HOST_OWNER,
+        expires,
+    )
+    assert report.started == 0
+    assert truth_of(sandbox, oid)["report_calls"] == 0
+
+
+def test_an_in_flight_cancel_of_a_live_daemon_on_this_host_is_not_taken(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+    live_pid: int,
+) -> None:
+    oid = order().order_id
+    owner = owner_on_this_host(live_pid)
+    stale_cancelling(ledger, oid, owner=owner, expires_at=clock.now() + LEASE, now=clock.now())
+    clock.advance(LEASE.total_seconds() - 1)  # one second before its lease ends
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    after = ledger.get(oid)
+    assert (after.state, after.claim_owner) == (OrderState.CANCELLING, owner)
+    assert report.recovered == 0
+    truth = truth_of(sandbox, oid)
+    assert (truth["report_calls"], truth["cancel_calls"]) == (0, 0)
+
+
+def test_an_expired_claim_is_recovered_by_verification_without_a_second_cancel(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    stale_cancelling(
+        ledger, oid, owner=OTHER_HOST_OWNER, expires_at=clock.now() + LEASE, now=clock.now()
+    )
+    client.cancel_order(oid)  # the other daemon's cancel reached the provider before it died
+    clock.advance(LEASE.total_seconds())  # the lease has run out
+
+    with capture_logs() as logs:
+        report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.cancel_attempts == 1
+    assert report.recovered == 1
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 1)
+    [recovered] = events_named(logs, "stale_claim_recovered")
+    assert (recovered["previous_owner"], recovered["reason"]) == (OTHER_HOST_OWNER, "lease expired")
+
+
+def test_a_dead_daemons_cancelling_order_is_verified_at_once_with_no_new_cancel(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    gone = owner_on_this_host(dead_pid())
+    stale_cancelling(ledger, oid, owner=gone, expires_at=clock.now() + LEASE, now=clock.now())
+    client.cancel_order(oid)
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)  # no clock advance: the lease is still running
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.cancel_attempts == 1
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+    [recovered] = events_named(logs, "stale_claim_recovered")
+    assert recovered["reason"] == "owner gone"
+    assert events_named(logs, "cancel_recovering")[0]["previous_attempts"] == 1
+
+
+def test_a_crash_before_the_cancel_left_is_resent_only_after_verification_proves_pending(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    stale_cancelling(
+        ledger,
+        oid,
+        owner=owner_on_this_host(dead_pid()),
+        expires_at=clock.now() + LEASE,
+        now=clock.now(),
+    )
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.cancel_attempts == 2
+    assert states_in_history(ledger, oid)[-3:] == ["cancelling", "cancelling", "cancelled"]
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"], truth["report_calls"]) == (1, 1, 2)
+
+
+def test_a_stale_claim_whose_order_cannot_be_read_needs_attention(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order(send_in=timedelta(minutes=30)).order_id
+    stale_cancelling(ledger, oid, owner=OTHER_HOST_OWNER, expires_at=clock.now(), now=clock.now())
+    sandbox.set_faults(Faults(error_rate=1.0))
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert ledger.get(oid).state is OrderState.NEEDS_ATTENTION
+    assert sandbox.truth()["totals"]["cancel-order"]["requests"] == 0
+
+
+def test_rejected_credentials_leave_the_request_pending_and_release_the_claim(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    make_client: Callable[..., IletiMerkeziClient],
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    oid = order().order_id
+    daemon = make_daemon(client=make_client(sandbox, key="wrong-key"))
+
+    with capture_logs() as logs:
+        daemon.run_pass()
+        wait_for(
+            lambda: sandbox.truth()["totals"]["get-report"]["codes"].get("401"),
+            timeout=10,
+            what="a get-report answered 401",
+        )
+        assert daemon.stop(grace=10.0)
+
+    after = ledger.get(oid)
+    assert (after.state, after.claim_owner, after.claim_expires_at) == (
+        OrderState.CANCEL_REQUESTED,
+        None,
+        None,
+    )
+    assert after.cancel_attempts == 0
+    assert sandbox.truth()["totals"]["cancel-order"]["requests"] == 0
+    assert events_named(logs, "provider_credentials_rejected")
+    assert all(
+        e["reason"] == "credentials rejected" for e in events_named(logs, "cancel_left_for_later")
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: after credentials are rejected the worker re-claims the same order at once "
+    "(scheduler/daemon.py Daemon._drain/_next_order): a busy loop of 401s, and run_pass(wait=True) "
+    "never returns",
+)
+def test_rejected_credentials_end_the_pass_after_one_try(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    make_client: Callable[..., IletiMerkeziClient],
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    oid = order().order_id
+    daemon = make_daemon(client=make_client(sandbox, key="wrong-key"))
+
+    run_pass_within(daemon, 2.0)
+
+    assert ledger.get(oid).state is OrderState.CANCEL_REQUESTED
+    assert sandbox.truth()["totals"]["get-report"]["requests"] == 1
+
+
+# -- claims of daemons alive in this process or dead on this host -----------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: owner_is_gone (scheduler/daemon.py) takes any other owner with this process's "
+    "pid for a dead earlier incarnation, so a second Daemon in the same process steals the "
+    "first one's in-flight claim",
+)
+def test_a_second_daemon_in_the_same_process_does_not_take_a_live_daemons_claim(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    first = make_daemon(owner=make_owner())
+    second = make_daemon(owner=make_owner())
+    # `first` is alive in this process and has just recorded its cancel as in flight.
+    stale_cancelling(
+        ledger, oid, owner=first.owner, expires_at=clock.now() + LEASE, now=clock.now()
+    )
+
+    report = run_pass_within(second, PASS_TIMEOUT)
+
+    assert report.recovered == 0
+    after = ledger.get(oid)
+    assert (after.state, after.claim_owner) == (OrderState.CANCELLING, first.owner)
+    assert truth_of(sandbox, oid)["report_calls"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a cancel_requested order claimed by a dead process of this host waits for the "
+    "lease to expire (Store.claimable / Daemon._next_order ignore owner_is_gone); only "
+    "`cancelling` claims are recovered at once",
+)
+def test_a_dead_daemons_precheck_claim_is_taken_at_once(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    ledger.store.claim(
+        oid,
+        OrderState.CANCEL_REQUESTED,
+        owner=owner_on_this_host(dead_pid()),
+        expires_at=clock.now() + LEASE,
+        now=clock.now(),
+    )
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert ledger.get(oid).state is OrderState.CANCELLED
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+def test_log_lines_of_a_pass_never_carry_the_credentials(
+    sandbox: Sandbox, daemon: Daemon, order: Callable[..., Order]
+) -> None:
+    for _ in range(3):
+        order()
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1, "get-report": 1}))
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    text = repr(logs)
+    assert KEY not in text
+    assert HASH not in text
+    calls = events_named(logs, "provider_call")
+    assert {c["endpoint"] for c in calls} == {"get-report", "cancel-order"}
+    assert all("duration_ms" in c and "code" in c for c in calls)
+    assert all("attempt" in c for c in calls if c["endpoint"] == "cancel-order")
