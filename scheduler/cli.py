@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -169,7 +170,7 @@ class _Context:
         """``--config PATH `` to repeat in a suggested command, or "" for the defaults."""
         if self.config.source is None:
             return ""
-        return f"--config {Path(self.config.source).resolve()} "
+        return f"--config {shlex.quote(str(Path(self.config.source).resolve()))} "
 
 
 def _load(args: argparse.Namespace) -> _Context:
@@ -272,10 +273,10 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
         )
         try:
             order = ledger.register(order_id, send_at, args.label)
-        except LedgerError as exc:
+        except Exception as exc:  # whatever it was, the sent order must not go unrecorded
             command = (
                 f"smsledger {ctx.config_hint}register {order_id} --send-at {format_utc(send_at)}"
-                + (" --label ..." if args.label else "")
+                + (f" --label {shlex.quote(args.label)}" if args.label else "")
             )
             log.error(
                 "send_not_recorded", order_id=order_id, send_at=format_utc(send_at), error=str(exc)
