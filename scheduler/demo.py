@@ -4,10 +4,15 @@ It starts the sandbox provider on a free port, a real `smsledger run` daemon pro
 fresh SQLite ledger in a temporary folder, schedules orders with `smsledger send`, cancels them with
 `smsledger cancel` at different distances from dispatch, shows progress, then the final table, one
 order's history, and where the ledger and the log lie. It stops everything it started.
+
+`send`, `cancel`, `list` and `history` run in this process through `scheduler.cli.main` (the same
+code as the command, without paying Python's start-up seven times); the daemon is its own process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import signal
@@ -20,6 +25,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ledger import FINAL_STATES, Ledger, OrderState
+from ledger.config import LogConfig
+from ledger.logsetup import configure_logging
+from scheduler import cli
 from scheduler.sandbox import Sandbox
 
 __all__ = ["main"]
@@ -58,18 +66,17 @@ def _show(args: list[str]) -> None:
     print(f"\n$ smsledger {' '.join(args)}", flush=True)
 
 
-def _smsledger(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = ["--config", str(config), *args]
+def _smsledger(config: Path, *args: str) -> tuple[int, str]:
+    """Run one `smsledger` command in this process (the real command code), echoing its output."""
     _show(list(args))
-    done = subprocess.run(  # noqa: S603 - our own command, no shell
-        [*_command(), *argv], capture_output=True, text=True, timeout=60, check=False
-    )
-    sys.stdout.write(done.stdout)
-    sys.stdout.write("".join(f"  (stderr) {line}\n" for line in done.stderr.splitlines()))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["--config", str(config), *args])
+    sys.stdout.write(out.getvalue())
     sys.stdout.flush()
-    if check and done.returncode not in (0, 1):
-        raise RuntimeError(f"smsledger {args[0]} exited {done.returncode}")
-    return done
+    if code not in (0, 1):
+        raise RuntimeError(f"smsledger {args[0]} exited {code}")
+    return code, out.getvalue()
 
 
 def _write_config(folder: Path, base_url: str) -> Path:
@@ -109,6 +116,8 @@ def main() -> int:
     """Run the demo; 0 when every order ended as planned."""
     folder = Path(tempfile.mkdtemp(prefix="smsledger-demo-"))
     print(f"smsledger demo: working in {folder}")
+    # Keep the sandbox's own debug lines off the terminal until logging points at the demo's log.
+    configure_logging(LogConfig(path=str(folder / "smsledger.log.jsonl")))
     sandbox = Sandbox(queue_lead=QUEUE_LEAD_SECONDS).start()
     print(
         f"sandbox provider listening on {sandbox.url} "
@@ -132,6 +141,7 @@ def main() -> int:
             finals = _wait(ledger, [ids[p.name] for p in PLAN if p.cancel], daemon)
         finally:
             ledger.close()
+        _smsledger(config, "logs", "--level", "warning")
         _smsledger(config, "list")
         _smsledger(config, "history", ids["D"])
         ok = _verdict(ids, finals)
@@ -147,7 +157,7 @@ def main() -> int:
 def _schedule(config: Path) -> dict[str, str]:
     ids: dict[str, str] = {}
     for p in PLAN:
-        done = _smsledger(
+        code, stdout = _smsledger(
             config,
             "send",
             "--sender",
@@ -161,9 +171,9 @@ def _schedule(config: Path) -> dict[str, str]:
             "--label",
             f"demo-{p.name}",
         )
-        order_id = _order_id(done.stdout)
-        if done.returncode != 0 or order_id is None:
-            raise RuntimeError(f"send for order {p.name} failed: {done.stderr.strip()}")
+        order_id = _order_id(stdout)
+        if code != 0 or order_id is None:
+            raise RuntimeError(f"send for order {p.name} failed (exit {code})")
         ids[p.name] = order_id
     return ids
 
