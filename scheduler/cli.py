@@ -362,7 +362,7 @@ def _cmd_list(args: argparse.Namespace, ctx: _Context) -> int:
     state: OrderState | None = None
     if args.state is not None:
         try:
-            state = OrderState(args.state)
+            state = OrderState(args.state.strip().lower())
         except ValueError:
             known = ", ".join(s.value for s in OrderState)
             raise UsageError(
