@@ -590,11 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Handler | None, help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler | None, help_text: str, details: str = ""
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_text,
-            description=help_text,
+            description=f"{help_text}.\n\n{details}" if details else help_text,
             epilog=_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -607,7 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--send-at", required=True, metavar="WHEN", help="its send time")
     sub.add_argument("--label", metavar="TEXT", help="a note shown with the order")
 
-    sub = add("send", _cmd_send, "schedule an SMS at the provider and record it")
+    sub = add(
+        "send",
+        _cmd_send,
+        "schedule an SMS at the provider and record it",
+        "Prints only the new order id on stdout (id=$(smsledger send ...)), and logs it as\n"
+        "send_accepted, before writing it to the ledger; if that write fails, the error says\n"
+        "how to register the order by hand (exit 1). The ledger is opened, and the send time\n"
+        "checked (whole minute, in the future), before the provider is called.",
+    )
     sub.add_argument("--sender", required=True, metavar="NAME", help="approved sender name")
     sub.add_argument(
         "--to",
@@ -632,7 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--label", metavar="TEXT", help="a note shown with the order")
 
-    sub = add("cancel", _cmd_cancel, "ask for orders to be cancelled (the daemon sends it)")
+    sub = add(
+        "cancel",
+        _cmd_cancel,
+        "ask for orders to be cancelled (the daemon sends it)",
+        "Prints each order's state. Exit 0 when every order is cancel_requested, cancelling or\n"
+        "cancelled (with --wait: cancelled); 1 when one was refused, is too late, not found,\n"
+        "needs attention, was dispatched or is not final when --wait runs out; 2 when an\n"
+        "order id is not in the ledger (the other ids are still handled).",
+    )
     sub.add_argument("order_ids", nargs="+", metavar="ORDER_ID")
     sub.add_argument(
         "--wait",
@@ -658,7 +676,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("order_id", metavar="ORDER_ID")
     sub.add_argument("--json", action="store_true", help="print a JSON array")
 
-    sub = add("logs", _cmd_logs, "show the JSON-lines log (all filters must match)")
+    sub = add(
+        "logs",
+        _cmd_logs,
+        "show the JSON-lines log (all filters must match)",
+        "One aligned line per event: local time, level, event, order id, other key=value\n"
+        "pairs; --json prints the matching lines unchanged. Lines that are not JSON are\n"
+        "skipped and counted on stderr. --follow prints the matching lines so far, then new\n"
+        "ones, across truncation and rotation, until Ctrl-C (exit 130). An empty or missing\n"
+        "log is not an error (exit 0).",
+    )
     sub.add_argument("--order", metavar="ID", help="only events of this order")
     sub.add_argument("--event", metavar="NAME", help="only events of this name")
     sub.add_argument(
