@@ -83,7 +83,7 @@ class LineFormatter:
     """
 
     zone: ZoneInfo
-    _widths: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    _widths: list[int] = field(default_factory=lambda: [0, 0, 0, 0], init=False)
 
     def _cells(self, record: Mapping[str, Any]) -> list[str]:
         when = record_time(record)

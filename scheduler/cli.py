@@ -80,7 +80,15 @@ from scheduler.errors import (
     SendTimeError,
 )
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "exit_code_for",
+    "main",
+]
 
 log = structlog.get_logger("smsledger.cli")
 
