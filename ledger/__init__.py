@@ -17,6 +17,8 @@ from ledger.errors import (
     NaiveDatetimeError,
     OrderNotFound,
     RegistrationConflict,
+    SchemaError,
+    SchemaTooNew,
 )
 from ledger.logsetup import configure_logging
 from ledger.models import Event, Order
@@ -40,6 +42,8 @@ __all__ = [
     "OrderNotFound",
     "OrderState",
     "RegistrationConflict",
+    "SchemaError",
+    "SchemaTooNew",
     "TransitionResult",
     "configure_logging",
     "load_config",

@@ -19,6 +19,7 @@ from ledger.errors import (
 from ledger.logsetup import configure_logging
 from ledger.margins import Window, window
 from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.schema import upgrade
 from ledger.states import OrderState
 from ledger.store import Store, TransitionResult, display_url
 
@@ -67,6 +68,11 @@ class Ledger:
     `warn_before` and `refuse_before` are the local margins before dispatch: inside the first a
     cancel is accepted with a warning, inside the second it is refused without calling the
     provider.
+
+    `url` is a SQLAlchemy URL: ``sqlite:///path`` (the embedded default) or
+    ``postgresql+psycopg://user@host/db`` for a ledger shared by daemons on several hosts. Opening
+    brings the schema to the newest revision (see `ledger.schema`) or raises `SchemaTooNew`;
+    ``create=False`` skips that for a ledger known to be current.
     """
 
     def __init__(
@@ -92,7 +98,11 @@ class Ledger:
         self._clock = clock
         self.store = Store(url, synchronous=synchronous, busy_timeout=busy_timeout)
         if create:
-            self.store.create_schema()
+            try:
+                upgrade(self.store)
+            except BaseException:
+                self.store.dispose()
+                raise
 
     @classmethod
     def from_config(

@@ -3,6 +3,8 @@
 LedgerError                      the root: anything the ledger refuses or cannot do
 ├── ConfigError                  the config file or an environment override is wrong
 ├── LedgerUnavailable            the database cannot be opened or reached
+├── SchemaError                  the database holds tables this smsledger cannot use as a ledger
+│   └── SchemaTooNew             the ledger was migrated by a newer smsledger
 ├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
 │   └── NaiveDatetimeError
 ├── RegistrationConflict         same order id registered again with another send time
@@ -29,6 +31,8 @@ __all__ = [
     "NaiveDatetimeError",
     "OrderNotFound",
     "RegistrationConflict",
+    "SchemaError",
+    "SchemaTooNew",
 ]
 
 
@@ -45,6 +49,23 @@ class ConfigError(LedgerError):
 
 class LedgerUnavailable(LedgerError):
     """The ledger database cannot be opened or reached."""
+
+
+class SchemaError(LedgerError):
+    """The database's tables are not a ledger schema this smsledger can use."""
+
+
+class SchemaTooNew(SchemaError):
+    """The ledger was migrated by a newer smsledger than this one."""
+
+    def __init__(self, url: str, found: str, known: str) -> None:
+        self.url = url
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"ledger {url} has schema revision {found}, newer than this smsledger knows "
+            f"(its newest is {known}); upgrade smsledger, or use the ledger from the newer one"
+        )
 
 
 class InvalidInput(LedgerError, ValueError):

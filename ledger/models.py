@@ -77,7 +77,12 @@ class EventRow(SQLModel, table=True):
 
     __tablename__ = "order_events"
 
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, primary_key=True))
+    # 64 bits everywhere: SQLite's INTEGER PRIMARY KEY already is (and must stay INTEGER to be the
+    # rowid); PostgreSQL's is BIGINT since schema revision 0002.
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
     order_id: str = Field(
         sa_column=sa.Column(
             sa.String(ORDER_ID_MAX), sa.ForeignKey("orders.order_id"), nullable=False, index=True

@@ -31,6 +31,10 @@ events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _ORDER_COLUMNS = [c.name for c in orders_t.columns]
 _WRITE = "smsledger_write"
 _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
+#: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
+_SCHEMA_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
+)
 
 
 @dataclass(frozen=True)
@@ -142,14 +146,23 @@ class Store:
         finally:
             conn.close()
 
-    def _unavailable(self, exc: sa.exc.OperationalError) -> LedgerUnavailable:
-        detail = str(exc.orig) if exc.orig is not None else str(exc)
-        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
+    @contextmanager
+    def schema_lock(self) -> Iterator[Connection]:
+        """A write transaction that no other process migrating this ledger runs beside.
 
-    def create_schema(self) -> None:
-        """Create the tables and indexes if they are missing (safe from several processes)."""
+        SQLite: ``BEGIN IMMEDIATE`` holds the database's write lock. PostgreSQL: a transaction
+        advisory lock keyed by the current schema, released at commit or rollback. DDL is
+        transactional on both, so a migration interrupted half-way leaves nothing behind.
+        """
         with self.write() as conn:
-            OrderRow.metadata.create_all(conn, tables=[orders_t, events_t])
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(_SCHEMA_LOCK)
+            yield conn
+
+    def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> LedgerUnavailable:
+        orig = getattr(exc, "orig", None)
+        detail = str(orig) if orig is not None else str(exc)
+        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
 
     def dispose(self) -> None:
         self.engine.dispose()
