@@ -21,13 +21,15 @@ from ledger.margins import Window, window
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.schema import upgrade
 from ledger.states import OrderState
-from ledger.store import Store, TransitionResult, display_url
+from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
 
 __all__ = ["Ledger"]
 
 log = structlog.get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: A registration that lost a race to another process (PostgreSQL only) decides again this often.
+_REGISTER_TRIES = 3
 #: Asking again for a cancel that is already under way (or done) changes nothing.
 _ALREADY_CANCELLING = frozenset(
     {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
@@ -148,19 +150,26 @@ class Ledger:
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = _check_label(label)
-        now = self.now()
-        with self.store.write() as conn:
-            existing = self.store.get(oid, conn)
-            if existing is not None:
-                if existing.send_at != when:
-                    raise RegistrationConflict(oid, existing.send_at, when)
-                return existing
-            self._refuse_past([(oid, when)], now)
-            self.store.insert_new(conn, [(oid, when, label)], now, "registered")
-            order = self.store.get(oid, conn)
-        assert order is not None
-        self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-        return order
+        for attempt in range(_REGISTER_TRIES):
+            now = self.now()
+            try:
+                with self.store.write() as conn:
+                    existing = self.store.get(oid, conn)
+                    if existing is not None:
+                        if existing.send_at != when:
+                            raise RegistrationConflict(oid, existing.send_at, when)
+                        return existing
+                    self._refuse_past([(oid, when)], now)
+                    self.store.insert_new(conn, [(oid, when, label)], now, "registered")
+                    order = self.store.get(oid, conn)
+            except ConcurrentRegistration:
+                if attempt + 1 == _REGISTER_TRIES:
+                    raise
+                continue  # the other process's row is committed now: decide again on it
+            assert order is not None
+            self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
+            return order
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def register_many(
         self,
@@ -187,17 +196,24 @@ class Ledger:
             batch[oid] = (oid, when, item_label)
         if not batch:
             return 0
-        now = self.now()
-        with self.store.write() as conn:
-            existing = self.store.existing_send_times(conn, list(batch))
-            for oid, when in existing.items():
-                if batch[oid][1] != when:
-                    raise RegistrationConflict(oid, when, batch[oid][1])
-            new = [row for oid, row in batch.items() if oid not in existing]
-            self._refuse_past([(oid, when) for oid, when, _ in new], now)
-            self.store.insert_new(conn, new, now, "registered")
-        log.info("orders_registered", count=len(new), already_known=len(existing))
-        return len(new)
+        for attempt in range(_REGISTER_TRIES):
+            now = self.now()
+            try:
+                with self.store.write() as conn:
+                    existing = self.store.existing_send_times(conn, list(batch))
+                    for oid, when in existing.items():
+                        if batch[oid][1] != when:
+                            raise RegistrationConflict(oid, when, batch[oid][1])
+                    new = [row for oid, row in batch.items() if oid not in existing]
+                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
+                    self.store.insert_new(conn, new, now, "registered")
+            except ConcurrentRegistration:
+                if attempt + 1 == _REGISTER_TRIES:
+                    raise
+                continue  # the other process's rows are committed now: decide again on them
+            log.info("orders_registered", count=len(new), already_known=len(existing))
+            return len(new)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:

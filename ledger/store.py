@@ -3,6 +3,10 @@
 SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
 writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
 its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
+
+PostgreSQL runs the same statements at READ COMMITTED: every guarded update re-reads the row it
+waited for, so its ``WHERE state = :expected`` still decides; claims of several rows at once use
+``FOR UPDATE SKIP LOCKED`` so that daemons split the work instead of queueing behind each other.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from ledger.errors import IllegalTransition, LedgerUnavailable
+from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable
 from ledger.models import Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
 
-__all__ = ["Store", "TransitionResult"]
+__all__ = ["ConcurrentRegistration", "Store", "TransitionResult"]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -35,6 +39,13 @@ _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter 
 _SCHEMA_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
 )
+
+
+class ConcurrentRegistration(LedgerError):
+    """Another process registered one of these orders while this transaction ran (PostgreSQL).
+
+    Nothing was written; registering again sees the other process's rows and decides as usual.
+    """
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,11 @@ def _event(row: RowMapping) -> Event:
     )
 
 
+def _is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
+    return sqlstate == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+
+
 def display_url(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     try:
@@ -87,9 +103,20 @@ class Store:
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+        else:
+            # A daemon outlives server restarts and idle-connection reapers.
+            kwargs["pool_pre_ping"] = True
         try:
             self.engine: Engine = sa.create_engine(parsed, **kwargs)
-        except (sa.exc.ArgumentError, ImportError) as exc:
+        except (ImportError, sa.exc.NoSuchModuleError) as exc:
+            hint = ""
+            if self.dialect == "postgresql":
+                hint = (
+                    "; PostgreSQL ledgers need psycopg 3: pip install 'smsledger[postgres]' and "
+                    "use a postgresql+psycopg:// URL"
+                )
+            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}{hint}") from None
+        except sa.exc.ArgumentError as exc:
             raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
         if self.dialect == "sqlite":
             self._setup_sqlite(synchronous.upper(), busy_timeout)
@@ -120,7 +147,7 @@ class Store:
         """A write transaction: committed on success, rolled back on any exception."""
         try:
             conn = self.engine.connect()
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         try:
             conn.execution_options(**{_WRITE: True})
@@ -136,7 +163,7 @@ class Store:
         """A read-only transaction (a consistent snapshot)."""
         try:
             conn = self.engine.connect()
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         try:
             with conn.begin():
@@ -220,6 +247,60 @@ class Store:
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
 
+    def claim_next(
+        self,
+        state: OrderState,
+        *,
+        owner: str,
+        expires_at: datetime,
+        now: datetime,
+        limit: int = 1,
+        exclude: Sequence[str] = (),
+    ) -> list[Order]:
+        """Pick and claim up to `limit` free orders in `state`, most urgent first, in one statement.
+
+        Free means unclaimed or with an expired lease. PostgreSQL picks with ``FOR UPDATE SKIP
+        LOCKED``, so daemons claiming at once each get different orders without waiting; SQLite's
+        ``BEGIN IMMEDIATE`` runs one claim at a time, so the same statement needs no locking
+        clause. The update repeats the guard, so a row is never taken from a live claim.
+        """
+        free = sa.or_(orders_t.c.claim_owner.is_(None), orders_t.c.claim_expires_at <= now)
+        pick = (
+            sa.select(orders_t.c.order_id)
+            .where(orders_t.c.state == state.value)
+            .where(free)
+            .order_by(orders_t.c.send_at)
+            .limit(limit)
+        )
+        if exclude:
+            pick = pick.where(orders_t.c.order_id.not_in(list(exclude)))
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id.in_(self._locked(pick)))
+            .where(orders_t.c.state == state.value)
+            .where(free)
+            .values(claim_owner=owner, claim_expires_at=expires_at)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            claimed = [_order(r) for r in conn.execute(stmt).mappings()]
+        return sorted(claimed, key=lambda o: (o.send_at, o.order_id))
+
+    def _locked(self, candidates: sa.Select[tuple[str]]) -> sa.Select[tuple[str]]:
+        """The ids `candidates` picks (ordered, limited), as the set an UPDATE may take.
+
+        PostgreSQL: locked ``FOR UPDATE SKIP LOCKED`` in a ``MATERIALIZED`` CTE, evaluated once.
+        Written as ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` the planner may run the
+        subquery again for every outer row (a nested-loop semi join), each run skipping the rows
+        the previous ones locked, and the update takes every candidate instead of `n`.
+        """
+        if self.dialect != "postgresql":
+            return candidates
+        picked = (
+            candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        )
+        return sa.select(picked.c.order_id)
+
     def unwarned(self, states: Sequence[OrderState], before: datetime) -> list[Order]:
         """Orders in `states` due before `before` that have not been warned about yet."""
         stmt = (
@@ -253,9 +334,45 @@ class Store:
         now: datetime,
         reason: str,
     ) -> None:
-        """Insert brand-new orders in `scheduled` with their registration events (bulk)."""
+        """Insert brand-new orders in `scheduled` with their registration events (bulk).
+
+        Raises `ConcurrentRegistration` when another transaction inserted one of the ids first
+        (PostgreSQL; SQLite's write lock rules that out); the transaction is then spoilt and must
+        be rolled back.
+        """
         if not rows:
             return
+        state = OrderState.SCHEDULED.value
+        try:
+            self._insert_orders(conn, rows, now, reason)
+        except sa.exc.IntegrityError as exc:
+            if not _is_duplicate_key(exc):
+                raise
+            raise ConcurrentRegistration(
+                f"another process registered some of these {len(rows)} orders at the same time"
+            ) from exc
+        conn.execute(
+            events_t.insert(),
+            [
+                {
+                    "order_id": oid,
+                    "at": now,
+                    "from_state": None,
+                    "to_state": state,
+                    "reason": reason,
+                    "details": None,
+                }
+                for oid, _send_at, _label in rows
+            ],
+        )
+
+    @staticmethod
+    def _insert_orders(
+        conn: Connection,
+        rows: Sequence[tuple[str, datetime, str | None]],
+        now: datetime,
+        reason: str,
+    ) -> None:
         state = OrderState.SCHEDULED.value
         conn.execute(
             orders_t.insert(),
@@ -272,20 +389,6 @@ class Store:
                     "updated_at": now,
                 }
                 for oid, send_at, label in rows
-            ],
-        )
-        conn.execute(
-            events_t.insert(),
-            [
-                {
-                    "order_id": oid,
-                    "at": now,
-                    "from_state": None,
-                    "to_state": state,
-                    "reason": reason,
-                    "details": None,
-                }
-                for oid, _send_at, _label in rows
             ],
         )
 
@@ -370,11 +473,9 @@ class Store:
             .order_by(orders_t.c.send_at)
             .limit(limit)
         )
-        if self.dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
         stmt = (
             orders_t.update()
-            .where(orders_t.c.order_id.in_(due.scalar_subquery()))
+            .where(orders_t.c.order_id.in_(self._locked(due)))
             .where(orders_t.c.state == from_state.value)
             .values(
                 state=to_state.value,
