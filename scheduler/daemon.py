@@ -266,22 +266,20 @@ class Daemon:
                 return None
             if self._ready:
                 return self._ready.popleft()
-            exclude = list(self._inflight)
             now = self._clock()
-            for candidate in self._store.claimable(
-                OrderState.CANCEL_REQUESTED, now, limit=4, exclude=exclude
-            ):
-                claimed = self._store.claim(
-                    candidate.order_id,
-                    OrderState.CANCEL_REQUESTED,
-                    owner=self.owner,
-                    expires_at=now + self._lease,
-                    now=now,
-                )
-                if claimed is not None:
-                    self._inflight.add(claimed.order_id)
-                    return claimed
-            return None
+            claimed = self._store.claim_next(
+                OrderState.CANCEL_REQUESTED,
+                owner=self.owner,
+                expires_at=now + self._lease,
+                now=now,
+                limit=1,
+                exclude=list(self._inflight),
+            )
+            if not claimed:
+                return None
+            self._inflight.update(o.order_id for o in claimed)
+            self._ready.extend(claimed[1:])
+            return claimed[0]
 
     def _drain(self) -> None:
         try:
@@ -360,8 +358,12 @@ class Daemon:
             log.exception("pass_crashed")
 
 
-def run_daemon(config: Config, *, once: bool = False) -> int:
-    """`smsledger run`: check the setup, then serve (or do one pass with `once`)."""
+def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
+    """`smsledger run`: check the setup, then serve (or do one pass with `once`).
+
+    `owner` replaces the claim owner id (`make_owner`), for tests that stand for daemons on
+    other hosts.
+    """
     if not config.api.has_credentials:
         raise ConfigError(
             "api.key and api.hash are required to run the daemon: set them in the config file "
@@ -382,6 +384,7 @@ def run_daemon(config: Config, *, once: bool = False) -> int:
         client,
         max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
         lease=lease_for(config.api.timeout_seconds),
+        owner=owner,
         clock=utcnow,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
