@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ledger._clock import ensure_aware, utcnow
-from ledger.config import Config, load_config
+from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
     CancelRefused,
     InvalidInput,
@@ -115,7 +115,7 @@ class Ledger:
         clock: Callable[[], datetime] = utcnow,
     ) -> Ledger:
         """Open the ledger a config file describes, and set up logging from its ``[log]``."""
-        config = path if isinstance(path, Config) else load_config(path)
+        config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
         return cls(
@@ -211,6 +211,8 @@ class Ledger:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
                 continue  # the other process's rows are committed now: decide again on them
+            for oid, _when, _label in new:
+                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
             log.info("orders_registered", count=len(new), already_known=len(existing))
             return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -277,7 +279,7 @@ class Ledger:
     def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
         left = order.seconds_left(now)
         if where is Window.PAST:
-            reason = f"send time passed {-left:.0f} s ago"
+            reason = f"send time passed {abs(left):.0f} s ago"
         else:
             reason = (
                 f"inside the refuse margin: {left:.0f} s before dispatch "

@@ -286,6 +286,17 @@ class Store:
             claimed = [_order(r) for r in conn.execute(stmt).mappings()]
         return sorted(claimed, key=lambda o: (o.send_at, o.order_id))
 
+    def live_claims(self, state: OrderState, now: datetime) -> list[Order]:
+        """Orders in `state` under a claim that has not expired (work in flight somewhere)."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.state == state.value)
+            .where(orders_t.c.claim_owner.is_not(None))
+            .where(orders_t.c.claim_expires_at > now)
+        )
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
     def _locked(self, candidates: sa.Select[tuple[str]]) -> sa.Select[tuple[str]]:
         """The ids `candidates` picks (ordered, limited), as the set an UPDATE may take.
 

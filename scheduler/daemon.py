@@ -43,6 +43,8 @@ log = structlog.get_logger("smsledger.daemon")
 
 #: Orders moved per transaction by the refuse and dispatch steps.
 BATCH = 1000
+#: How long an order left for later (e.g. credentials rejected) waits before another try.
+RETRY_LATER = timedelta(seconds=5)
 #: How long `stop` lets in-flight sequences finish before leaving them to recovery.
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -54,6 +56,10 @@ def lease_for(timeout_seconds: float) -> timedelta:
     between renewals, each bounded by the client timeout.
     """
     return timedelta(seconds=3 * timeout_seconds + 5)
+
+
+#: Owner ids of the daemons alive in this process (tests and benchmarks run several).
+_LIVE_OWNERS: set[str] = set()
 
 
 def make_owner() -> str:
@@ -69,7 +75,8 @@ def owner_is_gone(owner: str, me: str) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return True  # our pid, another incarnation: that process is gone
+        # Our pid: a daemon of this very process, or an earlier incarnation that had the pid.
+        return owner not in _LIVE_OWNERS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,6 +115,9 @@ class Daemon:
     ) -> None:
         self.ledger = ledger
         self.owner = owner or make_owner()
+        _LIVE_OWNERS.add(self.owner)
+        #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
+        self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
         self._clock = clock or ledger.now
         self._max = max_concurrent_cancels
@@ -201,17 +211,34 @@ class Daemon:
         return warned
 
     def _recover(self, now: datetime) -> int:
-        """Claim `cancelling` orders whose claimant is gone, for verification first."""
+        """Take over work whose claimant is gone; `cancelling` orders are verified first.
+
+        A claim is stale once its lease expired, or at once when its owner was a process of this
+        host that no longer runs. A dead process's pre-check claims are simply released.
+        """
+        for order in self._store.live_claims(OrderState.CANCEL_REQUESTED, now):
+            owner = order.claim_owner
+            if owner is not None and owner_is_gone(owner, self.owner):
+                self._store.release(order.order_id, owner)
+                log.warning(
+                    "stale_claim_recovered",
+                    order_id=order.order_id,
+                    previous_owner=owner,
+                    reason="owner gone",
+                )
+        candidates = self._store.claimable(OrderState.CANCELLING, now, limit=BATCH)
+        candidates += [
+            o
+            for o in self._store.live_claims(OrderState.CANCELLING, now)
+            if o.claim_owner is not None and owner_is_gone(o.claim_owner, self.owner)
+        ]
         recovered = 0
-        for order in self._store.orders(states=[OrderState.CANCELLING]):
+        for order in candidates:
             with self._lock:
-                if order.order_id in self._inflight:
+                if order.order_id in self._inflight or order.order_id in self._cooldown:
                     continue
             owner = order.claim_owner
-            expired = order.claim_expires_at is None or order.claim_expires_at <= now
             gone = owner is not None and owner_is_gone(owner, self.owner)
-            if not (expired or gone):
-                continue
             claimed = self._store.claim(
                 order.order_id,
                 OrderState.CANCELLING,
@@ -242,7 +269,7 @@ class Daemon:
             if self._stopping.is_set():
                 return 0
             free = self._max - self._workers
-            exclude = list(self._inflight)
+            exclude = self._busy(now)
             waiting = len(self._ready)
         if free > waiting:
             waiting += len(
@@ -273,13 +300,18 @@ class Daemon:
                 expires_at=now + self._lease,
                 now=now,
                 limit=1,
-                exclude=list(self._inflight),
+                exclude=self._busy(now),
             )
             if not claimed:
                 return None
             self._inflight.update(o.order_id for o in claimed)
             self._ready.extend(claimed[1:])
             return claimed[0]
+
+    def _busy(self, now: datetime) -> list[str]:
+        """Ids not to claim now: in flight here, or left for later a moment ago. Hold the lock."""
+        self._cooldown = {oid: t for oid, t in self._cooldown.items() if t > now}
+        return [*self._inflight, *self._cooldown]
 
     def _drain(self) -> None:
         try:
@@ -296,6 +328,8 @@ class Daemon:
                     self._inflight.discard(order.order_id)
                     if final is not None:
                         self._finished.append(final)
+                    else:
+                        self._cooldown[order.order_id] = self._clock() + RETRY_LATER
         finally:
             with self._lock:
                 self._workers -= 1

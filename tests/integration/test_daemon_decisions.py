@@ -805,12 +805,6 @@ def test_rejected_credentials_leave_the_request_pending_and_release_the_claim(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after credentials are rejected the worker re-claims the same order at once "
-    "(scheduler/daemon.py Daemon._drain/_next_order): a busy loop of 401s, and run_pass(wait=True) "
-    "never returns",
-)
 def test_rejected_credentials_end_the_pass_after_one_try(
     ledger: Ledger,
     sandbox: Sandbox,
@@ -830,12 +824,6 @@ def test_rejected_credentials_end_the_pass_after_one_try(
 # -- claims of daemons alive in this process or dead on this host -----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: owner_is_gone (scheduler/daemon.py) takes any other owner with this process's "
-    "pid for a dead earlier incarnation, so a second Daemon in the same process steals the "
-    "first one's in-flight claim",
-)
 def test_a_second_daemon_in_the_same_process_does_not_take_a_live_daemons_claim(
     ledger: Ledger,
     sandbox: Sandbox,
@@ -859,12 +847,6 @@ def test_a_second_daemon_in_the_same_process_does_not_take_a_live_daemons_claim(
     assert truth_of(sandbox, oid)["report_calls"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a cancel_requested order claimed by a dead process of this host waits for the "
-    "lease to expire (Store.claimable / Daemon._next_order ignore owner_is_gone); only "
-    "`cancelling` claims are recovered at once",
-)
 def test_a_dead_daemons_precheck_claim_is_taken_at_once(
     ledger: Ledger,
     sandbox: Sandbox,
