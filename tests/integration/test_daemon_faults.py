@@ -215,12 +215,6 @@ def test_two_daemons_on_one_ledger_send_each_cancel_once(
     assert attempts == {1: 100}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: owner_is_gone (scheduler/daemon.py) takes a claim owned by another Daemon of "
-    "this same process for a dead one: while one daemon's cancel-order is in flight, the other "
-    "recovers the order, verifies it still pending (456) and sends a second cancel",
-)
 def test_two_daemons_in_one_process_never_send_a_second_cancel_while_one_is_in_flight(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
