@@ -380,6 +380,40 @@ def test_a_signal_mid_run_exits_0_quickly_and_run_once_finishes_the_rest(
     assert all(truth[oid]["cancel_calls"] == 1 for oid in ids)
 
 
+def test_sigterm_while_every_read_fails_exits_quickly_and_leaves_only_free_requests(
+    tmp_path: Path,
+    make_sandbox: Callable[..., Sandbox],
+    procs: Processes,
+    ledgers: Callable[..., Ledger],
+) -> None:
+    """Workers waiting out backoffs stop at their next step; nothing stays claimed or half-sent."""
+    work, sandbox = make_work(tmp_path, make_sandbox, latency=0.0)
+    sandbox.set_faults(Faults(error_rate=1.0, endpoints=frozenset({"get-report"})))
+    ledger = ledgers(work.url)
+    ids = cancel_requested(ledger, sandbox, 40)
+
+    daemon = procs.start("--config", str(work.config), "run")
+    wait_for(
+        lambda: sandbox.truth()["totals"]["get-report"]["requests"] >= 32,
+        timeout=30,
+        what="the workers to be retrying failed reads",
+    )
+    took = stop(daemon, signal.SIGTERM)
+
+    assert daemon.returncode == 0, procs.stderr_of(daemon)
+    assert took < 6.0
+    left = ledger.store.orders()
+    assert {o.state for o in left} == {OrderState.CANCEL_REQUESTED}
+    assert {o.claim_owner for o in left} == {None}
+    assert sandbox.truth()["totals"]["cancel-order"]["requests"] == 0
+
+    sandbox.set_faults(Faults())
+    done = run_command(work, "--config", str(work.config), "run", "--once")
+
+    assert done.returncode == 0, done.stderr
+    assert {ledger.get(oid).state for oid in ids} == {OrderState.CANCELLED}
+
+
 # -- run --once --------------------------------------------------------------------------------
 
 
