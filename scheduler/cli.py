@@ -527,6 +527,18 @@ def _cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     return run_daemon(ctx.config, once=args.once)
 
 
+def _cmd_migrate(args: argparse.Namespace, ctx: _Context) -> int:
+    from ledger.schema import migrate  # noqa: PLC0415 -- Alembic loads only for `migrate`
+
+    found, now = migrate(ctx.config.ledger.url)
+    where = display_url(ctx.config.ledger.url)
+    if found == now:
+        _out(f"ledger {where} is at schema revision {now}: nothing to do")
+    else:
+        _out(f"ledger {where} migrated from revision {found or '(empty)'} to {now}")
+    return EXIT_OK
+
+
 def _run_demo() -> int:
     from scheduler.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
 
@@ -713,6 +725,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--once", action="store_true", help="do one pass and exit")
 
     add("check", _cmd_check, "check the config, the ledger and the provider credentials")
+
+    add(
+        "migrate",
+        _cmd_migrate,
+        "upgrade the ledger's schema to this smsledger's revision",
+        "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"
+        "starting daemons on several hosts. A ledger written by a newer smsledger is refused\n"
+        "(exit 1).",
+    )
 
     commands.add_parser(
         "sandbox",
