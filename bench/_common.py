@@ -25,11 +25,18 @@ from typing import Any
 import apscheduler
 import httpx
 import sqlalchemy
+import sqlalchemy as sa
 import sqlmodel
+
+from ledger import Ledger
+from scheduler.client import IletiMerkeziClient
+from scheduler.daemon import Daemon
 
 REPO = Path(__file__).absolute().parents[1]
 SANDBOX_KEY = "sandbox-key"
 SANDBOX_HASH = "sandbox-hash"
+#: Nothing listens there: a pass with no cancel to send never calls the provider.
+NO_PROVIDER = "http://127.0.0.1:9"
 #: Provider order ids look like the real ones (nine digits); each benchmark takes its own range.
 FIRST_ID = 400_000_000
 
@@ -435,6 +442,11 @@ def fsync_ms(folder: Path, rounds: int = 100) -> float:
     return statistics.median(times) * 1000
 
 
+def load() -> str:
+    """The load average: the machine may be shared, and the figures move with it."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def machine(workdir: Path) -> list[tuple[str, str]]:
     """The machine the figures come from, as (what, value) pairs."""
     return [
@@ -443,12 +455,60 @@ def machine(workdir: Path) -> list[tuple[str, str]]:
         ("Disk", _filesystem(workdir)),
         ("fsync (4 KiB, median)", f"{fsync_ms(workdir):.2f} ms"),
         ("OS", platform.platform()),
+        ("Load average (1, 5, 15 min) at start", load()),
         ("Python", platform.python_version()),
         ("SQLite", sqlite3.sqlite_version),
         ("SQLAlchemy", sqlalchemy.__version__),
         ("SQLModel", sqlmodel.__version__),
         ("APScheduler", apscheduler.__version__),
     ]
+
+
+@dataclass(frozen=True)
+class Executed:
+    """One statement a pass ran: its SQL, its parameters and how long the driver took."""
+
+    statement: str
+    parameters: Any
+    seconds: float
+
+    def header(self) -> str:
+        """The statement on one line, its time in front, its parameters below."""
+        values = self.parameters
+        if isinstance(values, dict):
+            values = list(values.values())
+        sql = " ".join(self.statement.split())
+        params = ", ".join(repr(v) for v in values)
+        return f"[{self.seconds * 1000:.2f} ms] {sql}\n    params: ({params})"
+
+
+def capture_pass(ledger: Ledger) -> list[Executed]:
+    """Run one in-process pass of a `Daemon` over `ledger`; every statement it sent, timed.
+
+    No provider is reachable, and none is needed: the ledgers of the pass benchmarks have no due
+    work.
+    """
+    executed: list[Executed] = []
+    engine = ledger.store.engine
+
+    def before(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "orders" in statement:  # not BEGIN, COMMIT, PRAGMA or schema checks
+            seconds = time.perf_counter() - conn.info.pop("bench_started")
+            executed.append(Executed(statement, parameters, seconds))
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    client = IletiMerkeziClient(NO_PROVIDER, SANDBOX_KEY, SANDBOX_HASH, timeout=2.0)
+    try:
+        Daemon(ledger, client).run_pass(wait=True)
+    finally:
+        client.close()
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "after_cursor_execute", after)
+    return executed
 
 
 @contextlib.contextmanager

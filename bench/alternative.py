@@ -28,6 +28,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from bench._common import Context, orders, rate, say, sqlite_url, stopwatch
 from ledger import Ledger
 
+#: "Far ahead", in numbers: ten times the rate in bulk, twice one by one (both fsync-bound there).
+BULK_GOAL = 10.0
+ONE_GOAL = 2.0
+
 
 def cancel_order(order_id: str) -> None:
     """The job a user would schedule; never runs here (every order is a day ahead)."""
@@ -138,17 +142,19 @@ def run(ctx: Context) -> None:
             f"~{projected:.0f} s ({rate(aps_bulk_n, before)}; measured on {aps_bulk_n:,} jobs, "
             "extrapolated)",
             projected / ours_bulk,
-            "far ahead",
-            projected / ours_bulk >= 10,
+            f"far ahead (>= {BULK_GOAL:g}x)",
+            projected / ours_bulk >= BULK_GOAL,
         )
         running = aps_running(folder / "one.db", orders(one_n), wal=wal)
         say(f"  APScheduler ({store}), {one_n:,} add_job on a running scheduler: {running:.2f} s")
+        # One durable commit per order either way: with WAL both wait on the same fsync, so the
+        # goal applies to the job store as users write it; the WAL row is there to show that.
         ctx.figure(
             "3 vs APScheduler, one by one",
             f"register x {one_n:,} vs add_job x {one_n:,} ({store})",
             f"{ours_one:.2f} s ({rate(one_n, ours_one)})",
             f"{running:.2f} s ({rate(one_n, running)})",
             running / ours_one,
-            "far ahead",
-            running / ours_one >= 2,
+            "" if wal else f"far ahead (>= {ONE_GOAL:g}x)",
+            None if wal else running / ours_one >= ONE_GOAL,
         )

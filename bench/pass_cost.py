@@ -19,16 +19,16 @@ import contextlib
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import sqlalchemy as sa
 
 from bench._common import (
     FIRST_ID,
+    NO_PROVIDER,
     SANDBOX_HASH,
     SANDBOX_KEY,
     ChildRun,
     Context,
+    Executed,
+    capture_pass,
     daemon_argv,
     median,
     once_pass_seconds,
@@ -44,14 +44,8 @@ from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon
 
 BUILD_BATCH = 50_000
-#: Nothing listens there: a pass with no cancel to send never calls the provider.
-NO_PROVIDER = "http://127.0.0.1:9"
 PASS_GOAL = 1.5
 RSS_GOAL_MIB = 100
-
-
-def _client() -> IletiMerkeziClient:
-    return IletiMerkeziClient(NO_PROVIDER, SANDBOX_KEY, SANDBOX_HASH, timeout=2.0)
 
 
 def build(path: Path, scheduled: int, final: int) -> dict[str, int]:
@@ -76,7 +70,11 @@ def build(path: Path, scheduled: int, final: int) -> dict[str, int]:
             )
         finally:
             past.close()
-        daemon = Daemon(ledger, client := _client(), max_concurrent_cancels=1)
+        daemon = Daemon(
+            ledger,
+            client := IletiMerkeziClient(NO_PROVIDER, SANDBOX_KEY, SANDBOX_HASH),
+            max_concurrent_cancels=1,
+        )
         try:
             daemon.run_pass(wait=True)  # moves them to dispatched
         finally:
@@ -104,38 +102,25 @@ def _once(folder: Path, name: str, ledger_path: Path, run: int) -> tuple[float, 
     return once_pass_seconds(log), child
 
 
-def query_plans(path: Path) -> list[tuple[str, list[str]]]:
-    """Each statement a pass over `path` runs (in order, deduplicated) and its query plan."""
-    seen: list[tuple[str, Any]] = []
-
+def query_plans(path: Path) -> list[tuple[Executed, list[str]]]:
+    """Each statement one pass over `path` runs, in order, with its time and query plan."""
     ledger = Ledger(sqlite_url(path))
-
-    @sa.event.listens_for(ledger.store.engine, "before_cursor_execute")
-    def _record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "orders" in statement:  # not BEGIN, COMMIT, PRAGMA or schema checks
-            seen.append((statement, parameters))
-
-    client = _client()
     try:
-        Daemon(ledger, client, max_concurrent_cancels=16).run_pass(wait=True)
+        capture_pass(ledger)  # the first pass of a process also compiles its statements
+        executed = capture_pass(ledger)
     finally:
-        client.close()
         ledger.close()
-    plans: list[tuple[str, list[str]]] = []
-    done: set[str] = set()
+    plans: list[tuple[Executed, list[str]]] = []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        for statement, parameters in seen:
-            if statement in done:
-                continue
-            done.add(statement)
-            rows = conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+        for each in executed:
+            rows = conn.execute(f"EXPLAIN QUERY PLAN {each.statement}", each.parameters)
             depth: dict[int, int] = {0: -1}
             lines = []
-            for node, parent, _unused, detail in rows:
+            for node, parent, _unused, detail in rows.fetchall():
                 depth[node] = depth.get(parent, -1) + 1
                 lines.append("  " * depth[node] + detail)
-            plans.append((" ".join(statement.split()), lines))
+            plans.append((each, lines))
     finally:
         conn.close()
     return plans
@@ -164,7 +149,8 @@ def run(ctx: Context) -> None:
         rss = max(c.max_rss_kib for _, c in results)
         summary[name] = (median(passes), median(walls), rss)
         say(
-            f"  {name}: pass {median(passes) * 1000:.1f} ms (runs: "
+            f"  {name}: pass median {median(passes) * 1000:.1f} ms, "
+            f"min {min(passes) * 1000:.1f} (runs: "
             + ", ".join(f"{p * 1000:.1f}" for p in passes)
             + f"), subprocess {median(walls):.2f} s, peak RSS {rss / 1024:.1f} MiB"
         )
@@ -202,7 +188,7 @@ def run(ctx: Context) -> None:
         rss_big / 1024 < RSS_GOAL_MIB,
     )
     say(f"\n  query plans of one pass over the {big_n:,}-order ledger:")
-    for statement, plan in query_plans(ledgers["big"][0]):
-        say(f"\n  {statement}")
+    for executed, plan in query_plans(ledgers["big"][0]):
+        say(f"\n  {executed.header()}")
         for line in plan:
             say(f"    {line}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import alternative, cancels, latency, pass_cost, postgres, registration
-from bench._common import SIZES, Context, machine, say
+from bench._common import SIZES, Context, fsync_ms, load, machine, say
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
 
@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 failed.append(name)
                 say(f"  FAILED: {name}")
-            say(f"  ({time.perf_counter() - t0:.1f} s)")
+            say(f"  ({time.perf_counter() - t0:.1f} s; load average {load()})")
+        ending = f"fsync (4 KiB, median) at the end: {fsync_ms(workdir):.2f} ms; load {load()}"
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     say(f"\n## Results (size {size.name}, {time.perf_counter() - started:.0f} s)\n")
+    say(f"{ending}\n")
     say("| benchmark | figure | value | baseline | ratio | goal | met |")
     say("|---|---|---|---|---|---|---|")
     for fig in ctx.figures:
