@@ -41,6 +41,9 @@ TRANSITIONS: frozenset[tuple[OrderState | None, OrderState]] = frozenset(
         (S.CANCELLING, S.CANCELLED),
         (S.CANCELLING, S.TOO_LATE),
         (S.CANCELLING, S.NEEDS_ATTENTION),
+        # Every cancel sent provably never reached the provider (503, connection refused) and
+        # the margin closed before a verification could be read: no cancel call took effect.
+        (S.CANCELLING, S.CANCEL_REFUSED),
     }
 )
 

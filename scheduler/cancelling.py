@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,7 +30,7 @@ from scheduler.decisions import (
     retry_fits,
     unresolved,
 )
-from scheduler.errors import ProviderAuthError, ProviderError
+from scheduler.errors import ProviderAuthError, ProviderError, ProviderTransientError
 
 __all__ = ["CancelSequence"]
 
@@ -57,7 +56,7 @@ class CancelSequence:
         lease: timedelta,
         stopping: threading.Event,
         clock: Callable[[], datetime],
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
         max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
     ) -> None:
@@ -68,7 +67,8 @@ class CancelSequence:
         self._lease = lease
         self._stopping = stopping
         self._clock = clock
-        self._sleep = sleep
+        # Backoff waits end early when the daemon stops, so shutdown never waits out a backoff.
+        self._sleep = sleep or stopping.wait
         self._rng = rng or random.Random()
         self._max_attempts = max_cancel_attempts
 
@@ -171,7 +171,6 @@ class CancelSequence:
         job.attempts = attempt
         job.state = OrderState.CANCELLING
         job.lease_until = now + self._lease
-        job.cancel_sent = True
         return True
 
     def _check_stopping(self) -> None:
@@ -184,14 +183,18 @@ class CancelSequence:
             try:
                 answer = self._client.cancel_order(job.order.order_id)
             except ProviderError as exc:
+                # A 503 or a refused connection proves this cancel never reached the provider.
+                delivered = not isinstance(exc, ProviderTransientError) or exc.maybe_delivered
+                job.cancel_sent = job.cancel_sent or delivered
                 log.warning(
                     "cancel_unanswered",
                     error=type(exc).__name__,
                     code=exc.code,
                     detail=str(exc),
-                    maybe_delivered=getattr(exc, "maybe_delivered", True),
+                    maybe_delivered=delivered,
                 )
                 return
+            job.cancel_sent = True
             log.info("cancel_sent", answer=answer.value)
 
     def _read(self, job: _Job) -> Report | Decision:
@@ -201,7 +204,10 @@ class CancelSequence:
             self._renew_lease(job)
             job.checks += 1
             try:
-                return self._client.get_report(job.order.order_id)
+                with structlog.contextvars.bound_contextvars(
+                    attempt=job.attempts, check=job.checks
+                ):
+                    return self._client.get_report(job.order.order_id)
             except ProviderAuthError as exc:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 raise _Abandon("credentials rejected") from exc

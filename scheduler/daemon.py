@@ -21,7 +21,6 @@ import random
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -50,12 +49,14 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 def lease_for(timeout_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal: a whole sequence's calls plus a margin.
+    """How long a claim stays ours without renewal.
 
-    A live daemon's in-flight call is never taken for a crashed one: three calls at most run
-    between renewals, each bounded by the client timeout.
+    httpx applies its timeout per phase (pool, connect, write, read), so one call may last up to
+    four timeouts. The sequence renews the claim before each call once half the lease is gone, so
+    half the lease must cover one worst-case call: a live daemon's in-flight call is never taken
+    for a crashed one.
     """
-    return timedelta(seconds=3 * timeout_seconds + 5)
+    return timedelta(seconds=8 * timeout_seconds + 5)
 
 
 #: Owner ids of the daemons alive in this process (tests and benchmarks run several).
@@ -110,7 +111,7 @@ class Daemon:
         lease: timedelta = timedelta(seconds=35),
         owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.ledger = ledger
@@ -347,7 +348,11 @@ class Daemon:
         until its lease expires (or our process is seen gone), and recovery verifies them.
         """
         self._stopping.set()
-        return self.wait_idle(grace)
+        drained = self.wait_idle(grace)
+        if drained:
+            # Nothing of ours is in flight: other daemons of this process may take our claims.
+            _LIVE_OWNERS.discard(self.owner)
+        return drained
 
     # -- the long-running loop -----------------------------------------------------------------
 

@@ -107,7 +107,11 @@ def unresolved(cancel_may_have_been_sent: bool, why: str) -> Decision:
 def backoff_delay(
     attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
 ) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    """Exponential backoff with equal jitter: uniform in [c/2, c], c = min(cap, base * 2**attempt).
+
+    Half the delay is kept so retries still spread out when many orders fail at once, and the
+    other half is random so they do not fail again in step.
+    """
     ceiling = min(cap, base * (2 ** max(0, attempt)))
     return (rng or random).uniform(ceiling / 2, ceiling)
 

@@ -30,7 +30,7 @@ from scheduler.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ORDERS = 1000
-TIMEOUT_SECONDS = 1.0  # the client timeout; the lease is 3 x this + 5 s
+TIMEOUT_SECONDS = 1.0  # the client timeout; the lease is lease_for(this)
 LEASE = lease_for(TIMEOUT_SECONDS)
 LATENCY = 0.03  # seconds per provider answer: work is in flight when the kill comes
 WORKERS = 8

@@ -499,6 +499,35 @@ def test_unreadable_provider_after_a_possible_cancel_needs_attention(
     assert clock.now() < final.send_at - REFUSE
 
 
+def test_a_cancel_answered_503_then_unreadable_until_the_margin_closes_is_refused(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    """A 503 proves the cancel never arrived: nothing went out, so the order is cancel_refused."""
+    oid = order(send_in=timedelta(minutes=20)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))  # refused, work not done
+    hooked = HookedClient(client)
+    hooked.after_cancel.append(
+        lambda: sandbox.set_faults(Faults(error_rate=1.0, endpoints=frozenset({"get-report"})))
+    )
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCEL_REFUSED
+    assert "margin closed before the cancel could be sent" in (final.reason or "")
+    truth = truth_of(sandbox, oid)
+    assert (truth["state"], truth["cancel_calls"], truth["cancels_accepted"]) == ("pending", 1, 0)
+    assert [e.to_state for e in ledger.history(oid)][-2:] == [
+        OrderState.CANCELLING,
+        OrderState.CANCEL_REFUSED,
+    ]
+
+
 def test_a_burst_of_503s_on_the_precheck_is_waited_out(
     ledger: Ledger,
     sandbox: Sandbox,

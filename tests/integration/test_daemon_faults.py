@@ -135,11 +135,6 @@ def test_every_order_is_cancelled_exactly_once_through_provider_faults(
     assert HASH not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the daemon's get-report provider_call lines carry no attempt number; only "
-    "cancel-order calls have `attempt` bound (scheduler/cancelling.py CancelSequence._read)",
-)
 def test_every_provider_call_line_of_the_daemon_carries_its_attempt(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
