@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from postgres import fresh_schema, require_postgres
 
 from ledger import FINAL_STATES, Ledger, Order, OrderState
@@ -57,7 +58,17 @@ def sandbox() -> Iterator[Sandbox]:
         yield running
 
 
+def application_name(name: str) -> str:
+    return f"smsledger-test-daemon-{name}"
+
+
 def write_config(folder: Path, name: str, ledger_url: str, sandbox_url: str) -> Path:
+    """The daemon's config; its ledger sessions carry its name, so the test can see them end."""
+    ledger_url = (
+        sa.make_url(ledger_url)
+        .update_query_dict({"application_name": application_name(name)})
+        .render_as_string(hide_password=False)
+    )
     path = folder / f"{name}.toml"
     path.write_text(
         f"""
@@ -97,6 +108,12 @@ def wait_until(check: Any, what: str, timeout: float = DEADLINE) -> None:
         time.sleep(0.1)
 
 
+def sessions_of(ledger: Ledger, name: str) -> int:
+    with ledger.store.read() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        return int(conn.exec_driver_sql(query, (application_name(name),)).scalar_one())
+
+
 def final_count(ledger: Ledger) -> int:
     return len(ledger.orders(list(FINAL_STATES)))
 
@@ -123,6 +140,16 @@ def test_three_daemons_split_the_work_and_the_survivors_finish_a_killed_ones_aft
     # Claim owners naming other hosts: no survivor can tell the victim's pid is gone.
     owners = {name: f"host-{name}.invalid:{n + 1}:multi" for n, name in enumerate(names)}
     configs = {name: write_config(tmp_path, name, ledger_url, sandbox.url) for name in names}
+    # The whole backlog first: daemons started earlier keep pace with the requests, and the kill
+    # would find nothing in flight.
+    send_at = datetime.now(UTC) + timedelta(hours=2)
+    ids = [f"{400000000 + n}" for n in range(ORDERS)]
+    for oid in ids:
+        sandbox.add_order(oid, send_at)
+    ledger.register_many([(oid, send_at) for oid in ids])
+    for oid in ids:
+        ledger.request_cancel(oid)
+
     with ExitStack() as stack:
         daemons = {
             name: stack.enter_context(
@@ -136,14 +163,6 @@ def test_three_daemons_split_the_work_and_the_survivors_finish_a_killed_ones_aft
         }
         stack.callback(stop_all, daemons.values())
 
-        send_at = datetime.now(UTC) + timedelta(hours=2)
-        ids = [f"{400000000 + n}" for n in range(ORDERS)]
-        for oid in ids:
-            sandbox.add_order(oid, send_at)
-        ledger.register_many([(oid, send_at) for oid in ids])
-        for oid in ids:
-            ledger.request_cancel(oid)
-
         wait_until(
             lambda: (
                 final_count(ledger) >= KILL_AFTER_FINAL
@@ -154,6 +173,8 @@ def test_three_daemons_split_the_work_and_the_survivors_finish_a_killed_ones_aft
         daemons[victim].send_signal(signal.SIGKILL)
         daemons[victim].wait(timeout=10)
         killed_at = datetime.now(UTC)
+        # A COMMIT the victim sent just before dying still lands: wait for its sessions to end.
+        wait_until(lambda: sessions_of(ledger, victim) == 0, "the killed daemon's sessions to end")
         held = [o for o in pending(ledger) if o.claim_owner == owners[victim]]
         seen = {o.order_id: len(ledger.history(o.order_id)) for o in held}
 
