@@ -145,27 +145,24 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: committed on success, rolled back on any exception."""
-        try:
-            conn = self.engine.connect()
-        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        try:
-            conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from exc
-        finally:
-            conn.close()
+        with self._transaction(write=True) as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (a consistent snapshot)."""
+        with self._transaction(write=False) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
         try:
             conn = self.engine.connect()
         except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         try:
+            if write:
+                conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
         except sa.exc.OperationalError as exc:
