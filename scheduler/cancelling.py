@@ -36,6 +36,8 @@ __all__ = ["CancelSequence"]
 
 log = structlog.get_logger("smsledger.daemon")
 
+#: The longest wait between two reads of a failing provider.
+BACKOFF_CAP_SECONDS = 30.0
 #: Cancels sent to one order before a person must look, even while the provider says pending.
 MAX_CANCEL_ATTEMPTS = 5
 
@@ -212,7 +214,9 @@ class CancelSequence:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 raise _Abandon("credentials rejected") from exc
             except ProviderError as exc:
-                delay = backoff_delay(failures, rng=self._rng)
+                # Never wait so long that our claim lapses and another daemon takes the order.
+                cap = min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
+                delay = backoff_delay(failures, cap=cap, rng=self._rng)
                 failures += 1
                 why = f"{type(exc).__name__}: {exc}"
                 fits = retry_fits(
