@@ -203,7 +203,9 @@ class CancelSequence:
         """get-report with backoff on transient errors, never past the refuse margin."""
         failures = 0
         while True:
-            self._renew_lease(job)
+            # After a failed read and a backoff, renew unconditionally: a worst-case call (four
+            # timeouts) plus a wait of a quarter lease must never outlast the claim.
+            self._renew_lease(job, force=failures > 0)
             job.checks += 1
             try:
                 with structlog.contextvars.bound_contextvars(
@@ -214,7 +216,7 @@ class CancelSequence:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 raise _Abandon("credentials rejected") from exc
             except ProviderError as exc:
-                # Never wait so long that our claim lapses and another daemon takes the order.
+                # Never wait so long that our claim could lapse while we sleep.
                 cap = min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
                 delay = backoff_delay(failures, cap=cap, rng=self._rng)
                 failures += 1
@@ -228,10 +230,11 @@ class CancelSequence:
                 log.info("provider_retry", failures=failures, delay_seconds=round(delay, 3))
                 self._sleep(delay)
 
-    def _renew_lease(self, job: _Job) -> None:
+    def _renew_lease(self, job: _Job, *, force: bool = False) -> None:
         """Keep our claim alive across long retry sequences; lose it, and we stop working."""
         now = self._clock()
-        if job.lease_until is not None and job.lease_until - now > self._lease / 2:
+        fresh = job.lease_until is not None and job.lease_until - now > self._lease / 2
+        if fresh and not force:
             return
         renewed = self._store.claim(
             job.order.order_id,
