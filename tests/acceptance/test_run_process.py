@@ -489,6 +489,10 @@ def test_run_once_does_every_step_of_a_pass_and_waits_for_its_cancels(
     text = (work.path / "log.jsonl").read_text()
     assert KEY not in text
     assert HASH not in text
+    # Nor the ledger: the database file and its write-ahead log.
+    stored = [path.read_bytes() for path in work.path.glob("ledger.db*")]
+    assert stored
+    assert not [data for data in stored if KEY.encode() in data or HASH.encode() in data]
 
 
 def test_run_without_credentials_exits_2_with_one_line(
