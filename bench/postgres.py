@@ -1,7 +1,8 @@
 """PostgreSQL (``--postgres-url``): bulk registration against psycopg, and pass cost 10k vs big.
 
-Everything happens in schemas of its own (``smsledger_bench_*``, dropped before and after), chosen
-through the URL's ``options=-csearch_path=...``, so the database's other tables are left alone.
+Everything happens in schemas of its own (``smsledger_bench_<random>_*``, dropped afterwards),
+chosen through the URL's ``options=-csearch_path=...``, so the database's other tables are left
+alone and two runs against one server do not meet.
 
 - Bulk: `register_many` against psycopg writing the same rows into a schema the ledger created:
   ``executemany`` (psycopg 3 pipelines it) and ``COPY``, each in one transaction.
@@ -12,6 +13,7 @@ through the URL's ``options=-csearch_path=...``, so the database's other tables 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -37,7 +39,9 @@ from bench._common import (
 )
 from ledger import Ledger
 
-PREFIX = "smsledger_bench_"
+#: Unique per run: two runs against one server (a CI smoke test beside a full run) must not drop
+#: each other's schemas.
+PREFIX = f"smsledger_bench_{uuid.uuid4().hex[:8]}_"
 BULK_REPEATS = 3
 PASS_GOAL = 1.5
 
