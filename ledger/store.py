@@ -11,6 +11,8 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +92,24 @@ def display_url(url: str) -> str:
         return "<unparsable database URL>"
 
 
+def _enable_wal(cursor: Any, busy_timeout: float) -> None:
+    """Switch a SQLite database to WAL, waiting for other processes doing the same.
+
+    Turning a new file to WAL needs its exclusive lock, and SQLite answers "database is locked"
+    at once instead of calling the busy handler when several processes open it together.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+        else:
+            return
+
+
 class Store:
     """Owns the engine and runs every query of the ledger."""
 
@@ -128,7 +148,7 @@ class Store:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor, busy_timeout)
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.close()
