@@ -49,7 +49,7 @@ def check_order_id(order_id: object) -> str:
         raise InvalidInput(
             f"order id {text[:20]}... is {len(text)} characters long; at most {ORDER_ID_MAX}"
         )
-    if not text.isprintable() or any(ch.isspace() for ch in text):
+    if not text.isprintable() or " " in text:  # isprintable() is False for other spaces
         raise InvalidInput(f"order id {text!r} contains spaces or control characters")
     return text
 
@@ -161,7 +161,22 @@ class Ledger:
                         return existing
                     self._refuse_past([(oid, when)], now)
                     self.store.insert_new(conn, [(oid, when, label)], now, "registered")
-                    order = self.store.get(oid, conn)
+                    order = Order(
+                        order_id=oid,
+                        send_at=when,
+                        state=OrderState.SCHEDULED,
+                        label=label,
+                        reason="registered",
+                        cancel_requested_at=None,
+                        cancel_attempts=0,
+                        check_attempts=0,
+                        last_provider_code=None,
+                        warned_at=None,
+                        claim_owner=None,
+                        claim_expires_at=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise

@@ -11,7 +11,10 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import event as sa_event
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable
 from ledger.models import Event, EventRow, Order, OrderRow
@@ -37,6 +40,42 @@ events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _ORDER_COLUMNS = [c.name for c in orders_t.columns]
 _WRITE = "smsledger_write"
 _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
+#: Built once, parameters bound at execution: building a statement per call costs more than
+#: running it (SQLAlchemy coerces every literal and computes a cache key each time).
+_GET = sa.select(orders_t).where(orders_t.c.order_id == sa.bindparam("order_id"))
+_SEND_TIMES_OF = sa.select(orders_t.c.order_id, orders_t.c.send_at).where(
+    orders_t.c.order_id.in_(sa.bindparam("ids", expanding=True))
+)
+_NEW_ORDER_KEYS = (
+    "order_id",
+    "send_at",
+    "state",
+    "label",
+    "reason",
+    "cancel_attempts",
+    "check_attempts",
+    "created_at",
+    "updated_at",
+)
+_NEW_EVENT_KEYS = ("order_id", "at", "to_state", "reason")
+
+
+@functools.cache
+def _driver_insert(table: sa.Table, keys: tuple[str, ...], dialect: Dialect) -> tuple[str, bool]:
+    """An INSERT of `keys` as the driver takes it, and whether its parameters are positional."""
+    compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
+    if compiled.positional and tuple(compiled.positiontup or ()) != keys:
+        raise AssertionError(f"{table.name}: keys must follow the table's column order")
+    return str(compiled), compiled.positional
+
+
+def _driver_rows(
+    table: sa.Table, keys: tuple[str, ...], dialect: Dialect, rows: list[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    sql, positional = _driver_insert(table, keys, dialect)
+    return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
+
+
 #: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
 _SCHEMA_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
@@ -82,6 +121,11 @@ def _event(row: RowMapping) -> Event:
 def _is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
     sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
     return sqlstate == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+
+
+def _datetime_to_db(dialect: Dialect) -> Any:
+    """How this dialect stores a `UTCDateTime` (the column type's own conversion)."""
+    return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
 
 def display_url(url: str) -> str:
@@ -138,6 +182,11 @@ class Store:
             raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}{hint}") from None
         except sa.exc.ArgumentError as exc:
             raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
+        # SQLite has one writer: this process's threads queue here in order instead of polling
+        # for the file lock in SQLite's busy handler, which sleeps up to 100 ms between tries.
+        self._write_lock: Any = (
+            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
         if self.dialect == "sqlite":
             self._setup_sqlite(synchronous.upper(), busy_timeout)
 
@@ -165,7 +214,7 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: committed on success, rolled back on any exception."""
-        with self._transaction(write=True) as conn:
+        with self._write_lock, self._transaction(write=True) as conn:
             yield conn
 
     @contextmanager
@@ -214,12 +263,12 @@ class Store:
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, order_id: str, conn: Connection | None = None) -> Order | None:
-        stmt = sa.select(orders_t).where(orders_t.c.order_id == order_id)
+        params = {"order_id": order_id}
         if conn is not None:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(_GET, params).mappings().first()
         else:
             with self.read() as c:
-                row = c.execute(stmt).mappings().first()
+                row = c.execute(_GET, params).mappings().first()
         return _order(row) if row is not None else None
 
     def history(self, order_id: str) -> list[Event]:
@@ -294,11 +343,11 @@ class Store:
         stmt = (
             orders_t.update()
             .where(orders_t.c.order_id.in_(self._locked(pick)))
-            .where(orders_t.c.state == state.value)
-            .where(free)
             .values(claim_owner=owner, claim_expires_at=expires_at)
             .returning(*orders_t.c)
         )
+        if self.dialect == "postgresql":
+            stmt = stmt.where(orders_t.c.state == state.value).where(free)
         with self.write() as conn:
             claimed = [_order(r) for r in conn.execute(stmt).mappings()]
         return sorted(claimed, key=lambda o: (o.send_at, o.order_id))
@@ -347,10 +396,9 @@ class Store:
         found: dict[str, datetime] = {}
         for start in range(0, len(order_ids), _IN_CHUNK):
             chunk = order_ids[start : start + _IN_CHUNK]
-            stmt = sa.select(orders_t.c.order_id, orders_t.c.send_at).where(
-                orders_t.c.order_id.in_(chunk)
+            found.update(
+                {r.order_id: r.send_at for r in conn.execute(_SEND_TIMES_OF, {"ids": chunk})}
             )
-            found.update({r.order_id: r.send_at for r in conn.execute(stmt)})
         return found
 
     # -- writes --------------------------------------------------------------------------------
@@ -379,19 +427,15 @@ class Store:
             raise ConcurrentRegistration(
                 f"another process registered some of these {len(rows)} orders at the same time"
             ) from exc
-        conn.execute(
-            events_t.insert(),
-            [
-                {
-                    "order_id": oid,
-                    "at": now,
-                    "from_state": None,
-                    "to_state": state,
-                    "reason": reason,
-                    "details": None,
-                }
-                for oid, _send_at, _label in rows
-            ],
+        dialect = conn.dialect
+        now_db = _datetime_to_db(dialect)(now)
+        conn.exec_driver_sql(
+            *_driver_rows(
+                events_t,
+                _NEW_EVENT_KEYS,
+                dialect,
+                [(oid, now_db, state, reason) for oid, _send_at, _label in rows],
+            )
         )
 
     @staticmethod
@@ -401,23 +445,21 @@ class Store:
         now: datetime,
         reason: str,
     ) -> None:
+        """One DBAPI executemany, each datetime converted once by its column type."""
+        dialect = conn.dialect
+        to_db = _datetime_to_db(dialect)
+        now_db = to_db(now)
         state = OrderState.SCHEDULED.value
-        conn.execute(
-            orders_t.insert(),
-            [
-                {
-                    "order_id": oid,
-                    "send_at": send_at,
-                    "state": state,
-                    "label": label,
-                    "reason": reason,
-                    "cancel_attempts": 0,
-                    "check_attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for oid, send_at, label in rows
-            ],
+        conn.exec_driver_sql(
+            *_driver_rows(
+                orders_t,
+                _NEW_ORDER_KEYS,
+                dialect,
+                [
+                    (oid, to_db(send_at), state, label, reason, 0, 0, now_db, now_db)
+                    for oid, send_at, label in rows
+                ],
+            )
         )
 
     def transition(
@@ -504,7 +546,6 @@ class Store:
         stmt = (
             orders_t.update()
             .where(orders_t.c.order_id.in_(self._locked(due)))
-            .where(orders_t.c.state == from_state.value)
             .values(
                 state=to_state.value,
                 reason=reason,
@@ -514,6 +555,10 @@ class Store:
             )
             .returning(*orders_t.c)
         )
+        if self.dialect == "postgresql":
+            # SQLite runs the statement under its write lock, so the subquery's guard holds; there
+            # a repeated `state = ?` would drive the update through every row in `from_state`.
+            stmt = stmt.where(orders_t.c.state == from_state.value)
         with self.write() as conn:
             orders = [_order(r) for r in conn.execute(stmt).mappings()]
             if orders:

@@ -42,6 +42,8 @@ log = structlog.get_logger("smsledger.daemon")
 
 #: Orders moved per transaction by the refuse and dispatch steps.
 BATCH = 1000
+#: Cancel requests a worker claims in one transaction when none is ready.
+CLAIM_BATCH = 8
 #: How long an order left for later (e.g. credentials rejected) waits before another try.
 RETRY_LATER = timedelta(seconds=5)
 #: How long `stop` lets in-flight sequences finish before leaving them to recovery.
@@ -288,26 +290,30 @@ class Daemon:
         return count
 
     def _next_order(self) -> Order | None:
-        """The next order to work: a recovered one, else a freshly claimed cancel request."""
+        """The next order to work: a recovered one, else a freshly claimed cancel request.
+
+        Claims up to CLAIM_BATCH at once, outside the daemon's lock: the claim is a durable write,
+        and other workers must not queue behind it just to hand back an order they finished.
+        """
         with self._lock:
             if self._stopping.is_set():
                 return None
             if self._ready:
                 return self._ready.popleft()
             now = self._clock()
-            claimed = self._store.claim_next(
-                OrderState.CANCEL_REQUESTED,
-                owner=self.owner,
-                expires_at=now + self._lease,
-                now=now,
-                limit=1,
-                exclude=self._busy(now),
-            )
-            if not claimed:
-                return None
+            exclude = self._busy(now)
+        claimed = self._store.claim_next(
+            OrderState.CANCEL_REQUESTED,
+            owner=self.owner,
+            expires_at=now + self._lease,
+            now=now,
+            limit=CLAIM_BATCH,
+            exclude=exclude,
+        )
+        with self._lock:
             self._inflight.update(o.order_id for o in claimed)
-            self._ready.extend(claimed[1:])
-            return claimed[0]
+            self._ready.extend(claimed)
+            return self._ready.popleft() if self._ready else None
 
     def _busy(self, now: datetime) -> list[str]:
         """Ids not to claim now: in flight here, or left for later a moment ago. Hold the lock."""
@@ -348,6 +354,12 @@ class Daemon:
         until its lease expires (or our process is seen gone), and recovery verifies them.
         """
         self._stopping.set()
+        with self._lock:
+            unstarted = list(self._ready)
+            self._ready.clear()
+            self._inflight.difference_update(o.order_id for o in unstarted)
+        for order in unstarted:  # claimed in a batch but never worked: free them now
+            self._store.release(order.order_id, self.owner)
         drained = self.wait_idle(grace)
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
