@@ -27,6 +27,7 @@ from scheduler.decisions import (
     after_precheck,
     after_verify,
     backoff_delay,
+    margin_closed,
     retry_fits,
     unresolved,
 )
@@ -97,16 +98,7 @@ class CancelSequence:
             decision = self._check(job, verify=True)
         while decision.next is Next.SEND_CANCEL:
             if self._window(job) in (Window.REFUSE, Window.PAST):
-                decision = (
-                    Decision.finish(
-                        OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
-                    )
-                    if job.state is OrderState.CANCEL_REQUESTED
-                    else Decision.finish(
-                        OrderState.NEEDS_ATTENTION,
-                        "cancel did not take (still pending, 456) and the refuse margin has closed",
-                    )
-                )
+                decision = margin_closed(job.cancel_sent)
                 break
             if job.attempts >= self._max_attempts:
                 decision = Decision.finish(
@@ -143,7 +135,9 @@ class CancelSequence:
         if isinstance(report, Decision):
             return report
         job.last_code = report.code
-        return after_verify(report, self._window(job)) if verify else after_precheck(report)
+        if not verify:
+            return after_precheck(report)
+        return after_verify(report, self._window(job), cancel_sent=job.cancel_sent)
 
     def _window(self, job: _Job) -> Window:
         return window(

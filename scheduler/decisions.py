@@ -20,6 +20,7 @@ __all__ = [
     "after_precheck",
     "after_verify",
     "backoff_delay",
+    "margin_closed",
     "retry_fits",
     "unresolved",
 ]
@@ -68,7 +69,7 @@ def after_precheck(report: Report) -> Decision:
             return Decision.finish(OrderState.NOT_FOUND, "provider does not know the order (455)")
 
 
-def after_verify(report: Report, where: Window) -> Decision:
+def after_verify(report: Report, where: Window, *, cancel_sent: bool = True) -> Decision:
     """Decide from the get-report answer read after a cancel-order may have been sent.
 
     115 and 455 both prove the cancel took (the provider answers a cancelled order either way);
@@ -86,10 +87,23 @@ def after_verify(report: Report, where: Window) -> Decision:
         case ReportStatus.PENDING:
             if where in (Window.OPEN, Window.WARN):
                 return _SEND
-            return Decision.finish(
-                OrderState.NEEDS_ATTENTION,
-                "cancel did not take (still pending, 456) and the refuse margin has closed",
-            )
+            return margin_closed(cancel_sent)
+
+
+def margin_closed(cancel_sent: bool) -> Decision:
+    """Decide for an order still pending at the provider once the refuse margin has closed.
+
+    `cancel_sent` is False when no cancel can have reached the provider (none was sent, or each
+    was refused with a 503 or a refused connection): then nothing was cancelled, and we say so.
+    """
+    if cancel_sent:
+        return Decision.finish(
+            OrderState.NEEDS_ATTENTION,
+            "cancel did not take (still pending, 456) and the refuse margin has closed",
+        )
+    return Decision.finish(
+        OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
+    )
 
 
 def unresolved(cancel_may_have_been_sent: bool, why: str) -> Decision:

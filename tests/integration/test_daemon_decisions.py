@@ -30,6 +30,7 @@ from structlog.testing import capture_logs
 from ledger import Ledger, Order, OrderState
 from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon, make_owner
+from scheduler.errors import ProviderTransientError
 from scheduler.sandbox import Faults, Sandbox
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -369,32 +370,50 @@ def test_verification_finding_the_order_sending_or_sent_is_too_late(
     assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 0)
 
 
-def test_still_pending_when_the_refuse_margin_has_closed_needs_attention(
+def _lose_the_answer() -> None:
+    raise ProviderTransientError("answer lost", endpoint="cancel-order", maybe_delivered=True)
+
+
+@pytest.mark.parametrize(
+    ("cancel_outcome", "expected"),
+    [
+        # The provider answered 503: that cancel provably never arrived, nothing was cancelled.
+        ("refused with 503", OrderState.CANCEL_REFUSED),
+        # The same refusal seen as a lost answer: it may have arrived, so a person must look.
+        ("answer lost", OrderState.NEEDS_ATTENTION),
+    ],
+)
+def test_still_pending_when_the_refuse_margin_has_closed_ends_by_what_the_cancel_may_have_done(
     ledger: Ledger,
     sandbox: Sandbox,
     client: IletiMerkeziClient,
     make_daemon: Callable[..., Daemon],
     order: Callable[..., Order],
     clock: FakeClock,
+    cancel_outcome: str,
+    expected: OrderState,
 ) -> None:
     oid = order(send_in=timedelta(minutes=10)).order_id
     sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
     hooked = HookedClient(client)
     # The cancel took six minutes to fail: four minutes left, inside refuse_before (five).
     hooked.after_cancel.append(lambda: clock.advance(6 * 60))
+    if cancel_outcome == "answer lost":
+        hooked.after_cancel.append(_lose_the_answer)
     daemon = make_daemon(client=hooked)
 
     run_pass_within(daemon, PASS_TIMEOUT)
 
     final = ledger.get(oid)
-    assert final.state is OrderState.NEEDS_ATTENTION
-    assert "456" in (final.reason or "")
-    assert "refuse margin" in (final.reason or "")
+    assert final.state is expected
+    if expected is OrderState.NEEDS_ATTENTION:
+        assert "456" in (final.reason or "")
+        assert "refuse margin" in (final.reason or "")
     truth = truth_of(sandbox, oid)
     assert (truth["state"], truth["cancel_calls"], truth["cancels_accepted"]) == ("pending", 1, 0)
 
 
-def test_margin_closing_between_verification_and_resend_needs_attention_not_a_crash(
+def test_margin_closing_between_verification_and_resend_ends_the_order_not_the_worker(
     ledger: Ledger,
     sandbox: Sandbox,
     client: IletiMerkeziClient,
@@ -419,11 +438,11 @@ def test_margin_closing_between_verification_and_resend_needs_attention_not_a_cr
     with capture_logs() as logs:
         run_pass_within(daemon, PASS_TIMEOUT)
 
-    # A `cancelling` order cannot become cancel_refused; the one cancel sent may yet take.
+    # The one cancel was refused with a 503, so nothing was cancelled: cancel_refused, no crash.
     assert verifications == [456, 456]
     assert not events_named(logs, "cancel_sequence_failed")
     final = ledger.get(oid)
-    assert final.state is OrderState.NEEDS_ATTENTION
+    assert final.state is OrderState.CANCEL_REFUSED
     assert truth_of(sandbox, oid)["cancel_calls"] == 1
 
 

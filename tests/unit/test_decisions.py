@@ -246,3 +246,10 @@ def test_margins_of_zero_refuse_keep_the_send_time_itself_past() -> None:
     with freeze_time(SEND_AT):
         assert window(SEND_AT, utcnow(), WARN, timedelta(0)) is Window.PAST
         assert not retry_fits(utcnow(), 0.0, SEND_AT, timedelta(0))
+
+
+def test_pending_after_the_margin_closed_with_no_cancel_delivered_is_refused() -> None:
+    """Every cancel refused with a 503, none delivered: cancel_refused, not a person's."""
+    decision = after_verify(report(ReportStatus.PENDING), Window.REFUSE, cancel_sent=False)
+
+    assert (decision.next, decision.state) == (Next.FINISH, OrderState.CANCEL_REFUSED)
