@@ -100,6 +100,17 @@ class PassReport:
     started: int = 0
     finished: list[Order] = field(default_factory=list)
 
+    def counts(self) -> dict[str, int]:
+        """The figures a log line about the pass carries."""
+        return {
+            "recovered": self.recovered,
+            "refused": self.refused,
+            "warned": self.warned,
+            "dispatched": self.dispatched,
+            "started": self.started,
+            "finished": len(self.finished),
+        }
+
 
 class Daemon:
     """Passes over one ledger with one provider client; safe beside other daemons."""
@@ -170,14 +181,7 @@ class Daemon:
             with self._lock:
                 report.finished, self._finished = self._finished, []
         if report.recovered or report.refused or report.warned or report.dispatched:
-            log.info(
-                "pass_done",
-                recovered=report.recovered,
-                refused=report.refused,
-                warned=report.warned,
-                dispatched=report.dispatched,
-                started=report.started,
-            )
+            log.info("pass_done", **report.counts())
         return report
 
     def _batch(
@@ -442,14 +446,7 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
     try:
         if once:
             report = daemon.run_pass(wait=True)
-            log.info(
-                "pass_once_done",
-                recovered=report.recovered,
-                refused=report.refused,
-                warned=report.warned,
-                dispatched=report.dispatched,
-                finished=len(report.finished),
-            )
+            log.info("pass_once_done", **report.counts())
             return 0
         return daemon.serve(config.scheduler.poll_seconds)
     finally:
