@@ -200,7 +200,7 @@ def test_a_trailing_slash_on_the_base_url_is_ignored() -> None:
 
 def test_every_call_carries_the_configured_timeout(make_client: ClientFactory) -> None:
     recorder = Recorder(answer(456))
-    make_client(recorder, timeout=2.5).get_report("1")
+    make_client(recorder, timeout=2.5, monotonic=lambda: 100.0).get_report("1")
 
     assert recorder.requests[0].extensions["timeout"] == {
         "connect": 2.5,
