@@ -476,6 +476,9 @@ def test_error_rate_answers_503_without_doing_the_work(
         "injected_errors": 1,
         "dropped": 0,
         "garbled": 0,
+        "dripped": 0,
+        "nested": 0,
+        "huge": 0,
         "codes": {"503": 1},
     }
 
