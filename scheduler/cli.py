@@ -72,7 +72,7 @@ from scheduler._cliformat import (
 )
 from scheduler._clilogs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
 from scheduler._timeparse import WhenError, format_countdown, format_utc, parse_since, parse_when
-from scheduler.client import IletiMerkeziClient, format_send_datetime
+from scheduler.client import PROVIDER_ZONE, IletiMerkeziClient, format_send_datetime
 from scheduler.errors import (
     ProviderAuthError,
     ProviderError,
@@ -218,7 +218,6 @@ def _client(config: Config) -> IletiMerkeziClient:
         config.api.key,
         config.api.hash,
         timeout=config.api.timeout_seconds,
-        zone=config.zone,
     )
 
 
@@ -248,7 +247,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
         raise UsageError(f"--label is {len(args.label)} characters long; at most {LABEL_MAX}")
     _require_credentials(config)
     try:  # the client would refuse it too, but only after the ledger is opened
-        format_send_datetime(send_at, config.zone, utcnow())
+        format_send_datetime(send_at, PROVIDER_ZONE, utcnow())
     except SendTimeError as exc:
         raise UsageError(f"--at {args.at}: {exc}") from None
     with _open_ledger(ctx) as ledger, _client(config) as client:

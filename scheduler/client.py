@@ -11,6 +11,10 @@ How an answer is read:
 - `status.code` may be an int or a numeric string, an order id an int or a string; both are
   normalised. A body that is not the documented JSON is a `ProviderTransientError`.
 - httpx exceptions become `ProviderError`s in exactly one place, `_send`.
+- Every call has one deadline, connect to last byte (`call_deadline`): httpx's own timeouts bound
+  each phase or read, so a server dripping one byte at a time could otherwise hold a call open
+  for hours. The answer is streamed and read at most `MAX_ANSWER_BYTES` far; a call past its
+  deadline or an answer past the cap is a `ProviderTransientError` that may have been delivered.
 
 The API key and hash live only in the client's private attributes and the request body. They are
 never logged, never part of an exception message and never in `repr(client)`; a provider message
@@ -19,8 +23,11 @@ that echoes them is redacted before it is kept anywhere.
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,6 +35,7 @@ from enum import StrEnum
 from typing import Any, Self, TypeVar
 from zoneinfo import ZoneInfo
 
+import httpcore
 import httpx
 import structlog
 
@@ -45,6 +53,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_ANSWER_BYTES",
     "PROVIDER_ZONE",
     "Balance",
     "CancelAnswer",
@@ -57,19 +66,25 @@ __all__ = [
 
 #: The provider's production base URL; the client still takes it explicitly (sandbox, resellers).
 DEFAULT_BASE_URL = "https://api.iletimerkezi.com"
-#: Connect, read, write and pool timeout of every call, in seconds.
+#: The deadline of every call, connect to last byte, in seconds (`api.timeout_seconds`).
 DEFAULT_TIMEOUT_SECONDS = 10.0
 #: Most connections the shared pool opens at once.
 DEFAULT_MAX_CONNECTIONS = 64
-#: The zone `sendDateTime` is read in (inferred: Turkey time, UTC+3 all year since 2016).
+#: The zone `sendDateTime` is read in (inferred: Turkey time, UTC+3 all year since 2016). Always
+#: the provider's, whatever zone people read and write times in.
 PROVIDER_ZONE = ZoneInfo("Europe/Istanbul")
+#: The largest answer read, in bytes: the documented answers are well under a kilobyte, and a
+#: report lists at most 1000 numbers a page.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 SEND_SMS = "send-sms"
 GET_REPORT = "get-report"
 CANCEL_ORDER = "cancel-order"
 GET_BALANCE = "get-balance"
 
-_LOGGER_NAME = "smsledger.provider"
+# A lazy proxy: it binds on each call, so a structlog configured later (or captured in a test)
+# still applies.
+log = structlog.get_logger("smsledger.provider")
 _REDACTED = "[REDACTED]"
 _SEND_DATETIME_FORMAT = "%d/%m/%Y %H:%M"  # the provider's "dd/MM/yyyy HH:mm"; never seconds
 _DETAIL_MAX_CHARS = 200
@@ -154,8 +169,125 @@ def format_send_datetime(send_at: datetime, zone: ZoneInfo, now: datetime) -> st
     return local.strftime(_SEND_DATETIME_FORMAT)
 
 
+# -- the call deadline ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """When the call in progress on this thread must be over, by a monotonic clock."""
+
+    at: float
+    monotonic: Callable[[], float]
+
+    def remaining(self) -> float:
+        return self.at - self.monotonic()
+
+    def bound(self, timeout: float | None, expired: type[httpcore.TimeoutException]) -> float:
+        """`timeout` cut to the time left; raise `expired` (httpcore's) when none is left."""
+        left = self.remaining()
+        if left <= 0:
+            raise expired("the call deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+
+# Set by `IletiMerkeziClient._send` around one call; sync httpx does all of a request's I/O on
+# the calling thread, so the sockets read it there. None outside a call: no extra bound.
+_current_deadline: ContextVar[_Deadline | None] = ContextVar("_current_deadline", default=None)
+
+
+def _bound(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
+    deadline = _current_deadline.get()
+    return timeout if deadline is None else deadline.bound(timeout, expired)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the current call's deadline.
+
+    httpcore reads the answer's head in a loop of reads, each with the full read timeout, so
+    without this a head dripped one byte at a time would never time out.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bound(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, bounded))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """Opens `_DeadlineStream`s; connecting is bounded by the current call's deadline too."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bound(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bound_by_deadline(transport: httpx.BaseTransport) -> None:
+    """Put a `_DeadlineBackend` under an `httpx.HTTPTransport`'s connection pool.
+
+    httpx has no public way to pass httpcore a network backend, so this reaches into the pool.
+    Any other transport (MockTransport) is left alone: `_read_answer` still checks the deadline
+    between chunks of the answer.
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if (
+        isinstance(pool, httpcore.ConnectionPool)
+        and isinstance(backend, httpcore.NetworkBackend)
+        and not isinstance(backend, _DeadlineBackend)
+    ):
+        pool._network_backend = _DeadlineBackend(backend)
+
+
 class IletiMerkeziClient:
-    """A thread-safe client of the iletiMerkezi JSON API, without retries."""
+    """A thread-safe client of the iletiMerkezi JSON API, without retries.
+
+    `timeout` is each call's deadline, connect to last byte (see `call_deadline`). `zone` is the
+    zone the provider reads `sendDateTime` in, not the zone people use: leave it at
+    `PROVIDER_ZONE` unless standing in for a provider that reads another (a sandbox started with
+    `--zone`). `monotonic` measures the deadline (a test may freeze it).
+    """
 
     def __init__(
         self,
@@ -168,7 +300,10 @@ class IletiMerkeziClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._base_url = base_url.rstrip("/")
         self._key = key
         self._hash = hash
@@ -176,12 +311,26 @@ class IletiMerkeziClient:
         self._secrets = tuple(sorted({s for s in (key, hash) if s}, key=len, reverse=True))
         self._zone = zone
         self._clock = clock
+        self._deadline_seconds = float(timeout)
+        self._monotonic = monotonic
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections),
             transport=transport,
             headers={"Accept": "application/json"},
         )
+        for mounted in (self._http._transport, *self._http._mounts.values()):
+            if mounted is not None:
+                _bound_by_deadline(mounted)
+
+    @property
+    def call_deadline(self) -> float:
+        """The longest any one call lasts, in seconds, from connecting to the answer's last byte.
+
+        A call still unanswered then fails with a ProviderTransientError (`maybe_delivered`), so
+        a claim held for longer than this outlives every call made under it.
+        """
+        return self._deadline_seconds
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"
@@ -264,10 +413,11 @@ class IletiMerkeziClient:
     ) -> _T:
         """Make one call, read its answer with `interpret` and log the outcome."""
         started = time.perf_counter()
+        deadline = _Deadline(self._monotonic() + self._deadline_seconds, self._monotonic)
         code: int | None = None
         try:
-            response = self._send(endpoint, self._build_request(endpoint, order))
-            code, message, body = self._read_envelope(endpoint, response)
+            http_status, raw = self._send(endpoint, self._build_request(endpoint, order), deadline)
+            code, message, body = self._read_envelope(endpoint, http_status, raw)
             result = interpret(code, message, body)
         except ProviderError as exc:
             self._log(
@@ -293,14 +443,57 @@ class IletiMerkeziClient:
             "POST", f"{self._base_url}/v1/{endpoint}/json", json={"request": request}
         )
 
-    def _send(self, endpoint: str, request: httpx.Request) -> httpx.Response:
-        """Send one request: the one place where httpx exceptions become ProviderErrors."""
-        try:
-            return self._http.send(request)
-        except httpx.HTTPError as exc:
-            raise self._translate(endpoint, exc) from exc
+    def _send(
+        self, endpoint: str, request: httpx.Request, deadline: _Deadline
+    ) -> tuple[int, bytes]:
+        """Send one request and read its answer by `deadline`; return its HTTP status and body.
 
-    def _translate(self, endpoint: str, exc: httpx.HTTPError) -> ProviderError:
+        The one place where httpx exceptions become ProviderErrors.
+        """
+        # No phase may start with more time than the call has left; the sockets cut each read
+        # and write to it as well (`_DeadlineStream`).
+        request.extensions["timeout"] = httpx.Timeout(
+            min(self._deadline_seconds, max(deadline.remaining(), 0.0))
+        ).as_dict()
+        token = _current_deadline.set(deadline)
+        try:
+            response = self._http.send(request, stream=True)
+            try:
+                return response.status_code, self._read_answer(endpoint, response, deadline)
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            raise self._translate(endpoint, exc, deadline) from exc
+        finally:
+            _current_deadline.reset(token)
+
+    def _read_answer(self, endpoint: str, response: httpx.Response, deadline: _Deadline) -> bytes:
+        """The body, read chunk by chunk: never past `MAX_ANSWER_BYTES`, never past `deadline`."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise _too_large(endpoint, response.status_code)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            if deadline.remaining() <= 0:
+                raise self._past_deadline(endpoint)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _too_large(endpoint, response.status_code)
+            chunks.append(chunk)
+        if deadline.remaining() <= 0:
+            raise self._past_deadline(endpoint)
+        return b"".join(chunks)
+
+    def _past_deadline(self, endpoint: str) -> ProviderTransientError:
+        return ProviderTransientError(
+            f"iletiMerkezi {endpoint}: no complete answer within the call deadline of "
+            f"{self._deadline_seconds:g} s; the request may have reached the provider",
+            endpoint=endpoint,
+            maybe_delivered=True,
+        )
+
+    def _translate(self, endpoint: str, exc: httpx.HTTPError, deadline: _Deadline) -> ProviderError:
         """Map an httpx exception to ours (see `ProviderTransientError` for `maybe_delivered`)."""
         name = type(exc).__name__
         detail = " ".join(self._redact(str(exc)).split())[:_DETAIL_MAX_CHARS] or "no detail"
@@ -311,7 +504,10 @@ class IletiMerkeziClient:
                 "must start with https:// or http://",
                 endpoint=endpoint,
             )
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+        if deadline.remaining() <= 0 and not never_sent:
+            return self._past_deadline(endpoint)
+        if never_sent:
             return ProviderTransientError(
                 f"iletiMerkezi {endpoint}: {name} ({detail}); the request never reached the "
                 "provider, it is safe to retry",
@@ -326,21 +522,23 @@ class IletiMerkeziClient:
         )
 
     def _read_envelope(
-        self, endpoint: str, response: httpx.Response
+        self, endpoint: str, http_status: int, raw: bytes
     ) -> tuple[int, str, Mapping[str, Any]]:
         """Return `(status.code, status.message, response)` from any answer, whatever its HTTP
         status; raise ProviderTransientError when the body is not the documented JSON."""
         try:
             # Decimal keeps a balance amount exactly as the provider wrote it.
-            body = response.json(parse_float=Decimal)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            body = json.loads(raw, parse_float=Decimal)
+        except (ValueError, RecursionError):
+            # ValueError: JSONDecodeError and UnicodeDecodeError alike; RecursionError: a body
+            # nested deeper than the parser's stack (a few kilobytes of "[" are enough).
             # `from None`: the decoder's error carries the whole body, which may echo a secret.
-            raise _undocumented(endpoint, response.status_code, "is not JSON") from None
+            raise _undocumented(endpoint, http_status, "is not JSON") from None
         inner = body.get("response") if isinstance(body, dict) else None
         status = inner.get("status") if isinstance(inner, dict) else None
         code = _as_int(status.get("code")) if isinstance(status, dict) else None
         if inner is None or status is None or code is None:
-            raise _undocumented(endpoint, response.status_code, "has no numeric status code")
+            raise _undocumented(endpoint, http_status, "has no numeric status code")
         message = status.get("message")
         return code, self._redact(message) if isinstance(message, str) else "", inner
 
@@ -369,12 +567,10 @@ class IletiMerkeziClient:
             fields["order_id"] = order_id
         if error is not None:
             fields["error"] = error
-        # Looked up per call so a structlog configured later (or captured in a test) applies.
-        logger = structlog.get_logger(_LOGGER_NAME)
         if outcome == "ok":
-            logger.info("provider_call", **fields)
+            log.info("provider_call", **fields)
         else:
-            logger.warning("provider_call", **fields)
+            log.warning("provider_call", **fields)
 
 
 # -- pure readings of an answer -------------------------------------------------------------
@@ -460,6 +656,15 @@ def _unexpected(
             maybe_delivered=False,
         )
     return ProviderStatusError(code, message, endpoint=endpoint, order_id=order_id)
+
+
+def _too_large(endpoint: str, http_status: int) -> ProviderTransientError:
+    return ProviderTransientError(
+        f"iletiMerkezi {endpoint} answered HTTP {http_status} with a body over "
+        f"{MAX_ANSWER_BYTES} bytes, not read further; the request may have reached the provider",
+        endpoint=endpoint,
+        maybe_delivered=True,
+    )
 
 
 def _undocumented(endpoint: str, http_status: int, what: str) -> ProviderTransientError:

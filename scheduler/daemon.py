@@ -431,7 +431,6 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         config.api.key,
         config.api.hash,
         timeout=config.api.timeout_seconds,
-        zone=config.zone,
         max_connections=max(8, config.scheduler.max_concurrent_cancels * 2),
     )
     daemon = Daemon(

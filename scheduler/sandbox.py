@@ -16,10 +16,15 @@ An order's life, by the sandbox's clock::
     cancelled   after an accepted cancel             200 / 115     455
 
 Faults apply to provider endpoints only. For each request, in this order: a pending
-``fail_next`` / ``drop_next`` / ``garbage_next`` count for its endpoint wins; otherwise, when the
-endpoint is in ``Faults.endpoints`` (None: all of them), one draw of the seeded random generator
-picks an error (503, work not done), a drop (work done, connection closed without an answer) or
-garbage (work done, an HTML page with HTTP 200). ``latency`` delays every in-scope answer.
+``fail_next`` / ``drop_next`` / ``garbage_next`` / ``drip_next`` / ``nested_next`` /
+``huge_next`` count for its endpoint wins; otherwise, when the endpoint is in ``Faults.endpoints``
+(None: all of them), one draw of the seeded random generator picks an error (503, work not done),
+a drop (work done, connection closed without an answer), garbage (work done, an HTML page with
+HTTP 200), a drip (work done, the real answer written one byte every ``drip_interval``, head
+included), a nested answer (work done, HTTP 200 with JSON nested `NESTED_DEPTH` deep) or a huge
+one (work done, HTTP 200 with a body that never ends). ``latency`` delays every in-scope answer.
+``clock_offset`` runs the sandbox's clock ahead of (or behind) the one it was given; every answer's
+``Date`` header is read from it.
 
 Control endpoints, for a sandbox running in its own process (no credentials, never faulted)::
 
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
 import json
 import logging
 import math
@@ -64,6 +70,8 @@ __all__ = [
     "DEFAULT_KEY",
     "ENDPOINTS",
     "FIRST_ORDER_ID",
+    "HUGE_MAX_BYTES",
+    "NESTED_DEPTH",
     "Faults",
     "Sandbox",
     "add_arguments",
@@ -82,6 +90,10 @@ DEFAULT_ZONE: Final = ZoneInfo("Europe/Istanbul")
 #: The first order id handed out; later ones count up from it.
 FIRST_ORDER_ID: Final = 312891245
 BALANCE: Final = {"amount": "1000.00", "sms": 5000}
+#: How deep a "nested" fault's JSON answer is nested: far beyond any parser's recursion limit.
+NESTED_DEPTH: Final = 50_000
+#: Where a "huge" fault's endless answer stops if the client never hangs up (1 GiB).
+HUGE_MAX_BYTES: Final = 1024**3
 
 _IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle before the sandbox closes it
 _POLL_INTERVAL = 0.05  # seconds between checks for stop() in the accept loop
@@ -124,6 +136,10 @@ _REASONS: Final = {
     468: "IYS Flag Missing",
     469: "IYS List Missing",
 }
+_NESTED_BODY = b"[" * NESTED_DEPTH + b"]" * NESTED_DEPTH
+# A chunk of a "huge" answer: the start of a documented body whose message never ends.
+_HUGE_CHUNK = b"A" * 65536
+_HUGE_START = b'{"response":{"status":{"code":200,"message":"'
 _GARBAGE_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -137,7 +153,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-_Fault = Literal["error", "drop", "garbage"]
+_Fault = Literal["error", "drop", "garbage", "drip", "nested", "huge"]
 _State = Literal["pending", "sending", "completed", "cancelled"]
 # state -> (order.status, status of each message in order.message[])
 _REPORT_STATUSES: Final[dict[_State, tuple[int, int]]] = {
@@ -159,6 +175,14 @@ class Faults:
     and always apply: the next N requests to that endpoint get a 503 (`fail_next`, work not
     done), lose their answer (`drop_next`, work done) or get an unreadable one (`garbage_next`,
     work done). The sandbox keeps its own copy and counts that copy down.
+
+    Three more kinds do the work and spoil only the answer: `drip` writes the real answer, head
+    and body, one byte every `drip_interval` seconds (each byte well within any read timeout,
+    the whole answer minutes long); `nested` answers HTTP 200 with a JSON array nested
+    `NESTED_DEPTH` deep; `huge` answers HTTP 200 with a body that never ends (until the client
+    hangs up, the sandbox stops or `HUGE_MAX_BYTES` went out). `clock_offset` (seconds, either
+    sign) puts the sandbox's clock that far ahead of the clock it was given: the orders'
+    lifecycle and every answer's `Date` header follow it.
     """
 
     latency: float = 0.0
@@ -169,18 +193,32 @@ class Faults:
     fail_next: dict[str, int] = field(default_factory=dict)
     drop_next: dict[str, int] = field(default_factory=dict)
     garbage_next: dict[str, int] = field(default_factory=dict)
+    drip_rate: float = 0.0
+    nested_rate: float = 0.0
+    huge_rate: float = 0.0
+    drip_next: dict[str, int] = field(default_factory=dict)
+    nested_next: dict[str, int] = field(default_factory=dict)
+    huge_next: dict[str, int] = field(default_factory=dict)
+    drip_interval: float = 0.5
+    clock_offset: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number("latency", self.latency, upper=math.inf)
-        for name in ("error_rate", "drop_rate", "garbage_rate"):
+        _check_number("drip_interval", self.drip_interval, upper=math.inf)
+        for name in _RATES:
             _check_number(name, getattr(self, name), upper=1.0)
-        if self.error_rate + self.drop_rate + self.garbage_rate > 1.0:
-            raise ValueError("error_rate + drop_rate + garbage_rate must not exceed 1")
+        if sum(getattr(self, name) for name in _RATES) > 1.0:
+            raise ValueError(f"{' + '.join(_RATES)} must not exceed 1")
+        if (
+            isinstance(self.clock_offset, bool)
+            or not isinstance(self.clock_offset, int | float)
+            or not math.isfinite(self.clock_offset)
+        ):
+            raise ValueError(f"clock_offset must be a finite number, got {self.clock_offset!r}")
         if self.endpoints is not None:
             self.endpoints = _endpoint_set(self.endpoints)
-        self.fail_next = _counters("fail_next", self.fail_next)
-        self.drop_next = _counters("drop_next", self.drop_next)
-        self.garbage_next = _counters("garbage_next", self.garbage_next)
+        for name in _NEXT_COUNTS:
+            setattr(self, name, _counters(name, getattr(self, name)))
 
     def applies_to(self, endpoint: str) -> bool:
         """Whether `latency` and the rates apply to `endpoint`."""
@@ -197,6 +235,14 @@ class Faults:
             "fail_next": dict(self.fail_next),
             "drop_next": dict(self.drop_next),
             "garbage_next": dict(self.garbage_next),
+            "drip_rate": self.drip_rate,
+            "nested_rate": self.nested_rate,
+            "huge_rate": self.huge_rate,
+            "drip_next": dict(self.drip_next),
+            "nested_next": dict(self.nested_next),
+            "huge_next": dict(self.huge_next),
+            "drip_interval": self.drip_interval,
+            "clock_offset": self.clock_offset,
         }
 
     @classmethod
@@ -212,6 +258,19 @@ class Faults:
 
     def _copy(self) -> Faults:
         return Faults.from_dict(self.to_dict())
+
+
+# Each fault's rate and its per-endpoint count, in the order a request meets them.
+_FAULT_FIELDS: Final[tuple[tuple[_Fault, str, str], ...]] = (
+    ("error", "error_rate", "fail_next"),
+    ("drop", "drop_rate", "drop_next"),
+    ("garbage", "garbage_rate", "garbage_next"),
+    ("drip", "drip_rate", "drip_next"),
+    ("nested", "nested_rate", "nested_next"),
+    ("huge", "huge_rate", "huge_next"),
+)
+_RATES: Final = tuple(rate for _, rate, _ in _FAULT_FIELDS)
+_NEXT_COUNTS: Final = tuple(count for _, _, count in _FAULT_FIELDS)
 
 
 def _check_number(name: str, value: object, *, upper: float) -> None:
@@ -284,7 +343,21 @@ class _Totals:
     injected_errors: int = 0
     dropped: int = 0
     garbled: int = 0
+    dripped: int = 0
+    nested: int = 0
+    huge: int = 0
     codes: dict[int, int] = field(default_factory=dict)
+
+
+# The truth's name for the count of each injected fault.
+_FAULT_TOTALS: Final[dict[_Fault, str]] = {
+    "error": "injected_errors",
+    "drop": "dropped",
+    "garbage": "garbled",
+    "drip": "dripped",
+    "nested": "nested",
+    "huge": "huge",
+}
 
 
 @dataclass(frozen=True)
@@ -294,10 +367,21 @@ class _Reply:
     content_type: str = "application/json; charset=utf-8"
     drop: bool = False  # close the connection without writing anything
     close: bool = False  # answer, then close the connection
+    drip: float | None = None  # seconds between bytes: write the answer one byte at a time
+    endless: bool = False  # a chunked body that never ends (`body` is where it starts)
 
 
 _DROP = _Reply(0, drop=True)
 _GARBAGE = _Reply(200, _GARBAGE_PAGE, "text/html; charset=utf-8")
+_NESTED = _Reply(200, _NESTED_BODY)
+_HUGE = _Reply(200, _HUGE_START, endless=True, close=True)
+# The answers that replace the real one whatever it was.
+_SPOILT: Final[dict[_Fault | None, _Reply]] = {
+    "drop": _DROP,
+    "garbage": _GARBAGE,
+    "nested": _NESTED,
+    "huge": _HUGE,
+}
 
 
 def _json_reply(code: int, data: object, *, close: bool = False) -> _Reply:
@@ -322,7 +406,7 @@ def _reason(code: int) -> str:
 def _parse_object(raw: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         return None
     return data if isinstance(data, dict) else None
 
@@ -512,7 +596,7 @@ class Sandbox:
                                "cancelled_at" (ISO UTC or None), "cancel_calls",
                                "cancels_accepted", "report_calls"}},
          "totals": {endpoint: {"requests", "injected_errors", "dropped", "garbled",
-                               "codes": {"200": n, ...}}},
+                               "dripped", "nested", "huge", "codes": {"200": n, ...}}},
          "connections": TCP connections accepted since construction,
          "faults": the current faults (`Faults.to_dict`, counters as left)}
 
@@ -531,6 +615,9 @@ class Sandbox:
                         "injected_errors": totals.injected_errors,
                         "dropped": totals.dropped,
                         "garbled": totals.garbled,
+                        "dripped": totals.dripped,
+                        "nested": totals.nested,
+                        "huge": totals.huge,
                         "codes": {str(code): n for code, n in sorted(totals.codes.items())},
                     }
                     for endpoint, totals in self._totals.items()
@@ -567,7 +654,7 @@ class Sandbox:
         return _provider_reply(404)
 
     def _serve_provider(self, endpoint: str, raw: bytes) -> _Reply:
-        latency, fault = self._plan(endpoint)
+        latency, fault, drip_interval = self._plan(endpoint)
         if latency and self._stopping.wait(latency):
             return _DROP  # stopping: nobody is waiting for this answer any more
         request = _parse_request(raw)
@@ -580,35 +667,30 @@ class Sandbox:
             codes[code] = codes.get(code, 0) + 1
         if fault is not None:
             log.debug("sandbox_fault_injected", endpoint=endpoint, fault=fault, code=code)
-        if fault == "drop":
-            return _DROP
-        if fault == "garbage":
-            return _GARBAGE
-        return _provider_reply(code, extra)
+        if fault in _SPOILT:
+            return _SPOILT[fault]
+        reply = _provider_reply(code, extra)
+        if fault == "drip":
+            return _Reply(reply.code, reply.body, drip=drip_interval, close=True)
+        return reply
 
-    def _plan(self, endpoint: str) -> tuple[float, _Fault | None]:
-        """Count the request and choose its latency and fault."""
+    def _plan(self, endpoint: str) -> tuple[float, _Fault | None, float]:
+        """Count the request and choose its latency, its fault and the drip interval."""
         with self._lock:
             totals = self._totals[endpoint]
             totals.requests += 1
             faults = self._faults
             fault = self._take_next(faults, endpoint) or self._roll(faults, endpoint)
-            if fault == "error":
-                totals.injected_errors += 1
-            elif fault == "drop":
-                totals.dropped += 1
-            elif fault == "garbage":
-                totals.garbled += 1
-            return (faults.latency if faults.applies_to(endpoint) else 0.0), fault
+            if fault is not None:
+                name = _FAULT_TOTALS[fault]
+                setattr(totals, name, getattr(totals, name) + 1)
+            latency = faults.latency if faults.applies_to(endpoint) else 0.0
+            return latency, fault, faults.drip_interval
 
     @staticmethod
     def _take_next(faults: Faults, endpoint: str) -> _Fault | None:
-        counters: tuple[tuple[dict[str, int], _Fault], ...] = (
-            (faults.fail_next, "error"),
-            (faults.drop_next, "drop"),
-            (faults.garbage_next, "garbage"),
-        )
-        for counts, fault in counters:
+        for fault, _, count_name in _FAULT_FIELDS:
+            counts: dict[str, int] = getattr(faults, count_name)
             if counts.get(endpoint):
                 counts[endpoint] -= 1
                 return fault
@@ -617,15 +699,15 @@ class Sandbox:
     def _roll(self, faults: Faults, endpoint: str) -> _Fault | None:
         if not faults.applies_to(endpoint):
             return None
-        if not (faults.error_rate or faults.drop_rate or faults.garbage_rate):
+        rates = [(fault, getattr(faults, rate)) for fault, rate, _ in _FAULT_FIELDS]
+        if not any(share for _, share in rates):
             return None
         draw = self._random.random()
-        if draw < faults.error_rate:
-            return "error"
-        if draw < faults.error_rate + faults.drop_rate:
-            return "drop"
-        if draw < faults.error_rate + faults.drop_rate + faults.garbage_rate:
-            return "garbage"
+        bound = 0.0
+        for fault, share in rates:
+            bound += share
+            if draw < bound:
+                return fault
         return None
 
     def _answer(
@@ -666,10 +748,13 @@ class Sandbox:
         return None if order_id is None else self._orders.get(order_id)
 
     def _now(self) -> datetime:
+        """The sandbox's time: its clock, moved by `Faults.clock_offset`."""
         now = self._clock()
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError(f"the sandbox clock returned a naive datetime: {now.isoformat()}")
-        return now.astimezone(UTC)
+        # One attribute read, safe without the lock: set_faults swaps the whole object.
+        offset = self._faults.clock_offset
+        return now.astimezone(UTC) + timedelta(seconds=offset)
 
     def _state(self, order: _Order, now: datetime) -> _State:
         if order.cancelled_at is not None:
@@ -892,6 +977,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: no line per request."""
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header, read from the sandbox's clock (`Faults.clock_offset` included)."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        try:
+            now = self.server.sandbox._now()
+        except ValueError:  # a naive test clock: the answer is a 500 already
+            return super().date_time_string()
+        return email.utils.format_datetime(now, usegmt=True)
+
     def _serve(self, method: str) -> None:
         raw = self._read_body()
         if raw is None:
@@ -942,14 +1037,55 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self.close_connection = True
             return
+        if reply.drip is not None:
+            self._drip(reply)
+            return
         self.send_response(reply.code, _reason(reply.code))
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        if reply.endless:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(reply.body)))
         if reply.close:
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
-        self.wfile.write(reply.body)
+        if reply.endless:
+            self.end_headers()
+            self._write_endless(reply.body)
+        else:
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+    def _drip(self, reply: _Reply) -> None:
+        """Write the whole answer, head and body, one byte every `reply.drip` seconds."""
+        assert reply.drip is not None
+        self.close_connection = True
+        head = (
+            f"{self.protocol_version} {reply.code} {_reason(reply.code)}\r\n"
+            f"Server: {self.version_string()}\r\n"
+            f"Date: {self.date_time_string()}\r\n"
+            f"Content-Type: {reply.content_type}\r\n"
+            f"Content-Length: {len(reply.body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        answer = head.encode("latin-1") + reply.body
+        stopping = self.server.sandbox._stopping
+        for index in range(len(answer)):
+            if index and stopping.wait(reply.drip):
+                return  # stopping: the connection is being closed anyway
+            self.wfile.write(answer[index : index + 1])
+
+    def _write_endless(self, start: bytes) -> None:
+        """Write chunks until the client hangs up, the sandbox stops or HUGE_MAX_BYTES went out."""
+        stopping = self.server.sandbox._stopping
+        written = 0
+        chunk = start
+        while written < HUGE_MAX_BYTES and not stopping.is_set():
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            written += len(chunk)
+            chunk = _HUGE_CHUNK
+        if not stopping.is_set():
+            self.wfile.write(b"0\r\n\r\n")
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -974,6 +1110,17 @@ def _number_arg(upper: float) -> Callable[[str], float]:
 
 _seconds = _number_arg(math.inf)
 _share = _number_arg(1.0)
+
+
+def _offset_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds, either sign."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def _endpoints_arg(text: str) -> frozenset[str]:
@@ -1042,6 +1189,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of requests done but answered with an unreadable HTML page",
     )
     faults.add_argument(
+        "--drip-rate",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of requests done but answered one byte every --drip-interval",
+    )
+    faults.add_argument(
+        "--nested-rate",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help=f"share of requests done but answered with JSON nested {NESTED_DEPTH} deep",
+    )
+    faults.add_argument(
+        "--huge-rate",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of requests done but answered with a body that never ends",
+    )
+    faults.add_argument(
+        "--drip-interval",
+        type=_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="seconds between the bytes of a dripped answer (default 0.5)",
+    )
+    faults.add_argument(
+        "--clock-offset",
+        type=_offset_arg,
+        default=0.0,
+        metavar="SECONDS",
+        help="run the sandbox's clock this far ahead (negative: behind); sets the Date header",
+    )
+    faults.add_argument(
         "--fault-endpoints",
         type=_endpoints_arg,
         default=None,
@@ -1063,6 +1245,11 @@ def run_from_args(args: argparse.Namespace) -> int:
             drop_rate=args.drop_rate,
             garbage_rate=args.garbage_rate,
             endpoints=args.fault_endpoints,
+            drip_rate=args.drip_rate,
+            nested_rate=args.nested_rate,
+            huge_rate=args.huge_rate,
+            drip_interval=args.drip_interval,
+            clock_offset=args.clock_offset,
         )
     except ValueError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)

@@ -297,6 +297,67 @@ def test_latency_within_the_timeout_is_only_slow(
     assert time.perf_counter() - started >= 0.2
 
 
+def call_in_thread(call: Callable[[], object], seconds: float = 10.0) -> object:
+    """Run `call` on a thread; return its result or exception, failing if it has not returned
+    within `seconds` (a generous bound: what is asserted is that the call ends at all)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the call had not returned after {seconds} s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("transport", ["own", "injected"])
+def test_a_dripping_answer_ends_at_the_call_deadline_and_the_cancel_may_have_landed(
+    make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox, transport: str
+) -> None:
+    """One byte every 0.2 s never trips a read timeout; the whole answer would take a minute."""
+    sandbox.add_order("777", SEND_AT)
+    sandbox.set_faults(Faults(drip_next={"cancel-order": 1}, drip_interval=0.2))
+    client = make_client(timeout=1.0, **({"transport": None} if transport == "own" else {}))
+
+    outcome = call_in_thread(lambda: client.cancel_order("777"))
+
+    assert isinstance(outcome, ProviderTransientError), outcome
+    assert outcome.maybe_delivered is True
+    assert "call deadline of 1 s" in str(outcome)
+    assert sandbox.truth()["orders"]["777"]["cancels_accepted"] == 1
+    assert client.get_balance().sms == 5000  # the next call is not held up
+
+
+def test_a_nested_answer_is_transient_and_the_send_may_have_created_the_order(
+    client: IletiMerkeziClient, sandbox: Sandbox
+) -> None:
+    sandbox.set_faults(Faults(nested_next={"send-sms": 1}))
+    with pytest.raises(ProviderTransientError) as raised:
+        send(client)
+    assert raised.value.maybe_delivered is True
+    assert len(sandbox.truth()["orders"]) == 1
+
+
+def test_an_endless_answer_is_transient_and_read_no_further_than_the_cap(
+    make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox
+) -> None:
+    sandbox.add_order("777", SEND_AT)
+    sandbox.set_faults(Faults(huge_next={"cancel-order": 1}))
+    client = make_client(timeout=5.0)
+
+    outcome = call_in_thread(lambda: client.cancel_order("777"))
+
+    assert isinstance(outcome, ProviderTransientError), outcome
+    assert outcome.maybe_delivered is True
+    assert "bytes, not read further" in str(outcome)
+    assert sandbox.truth()["orders"]["777"]["cancels_accepted"] == 1
+
+
 def test_a_stopped_sandbox_is_transient_and_never_delivered(
     client: IletiMerkeziClient, sandbox: Sandbox
 ) -> None:

@@ -4,9 +4,12 @@ faults, control endpoints, concurrency and the `python -m scheduler.sandbox` pro
 from __future__ import annotations
 
 import argparse
+import email.utils
+import json
 import os
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -22,7 +25,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from scheduler.sandbox import FIRST_ORDER_ID, Faults, Sandbox, add_arguments, run_from_args
+from scheduler.sandbox import (
+    FIRST_ORDER_ID,
+    NESTED_DEPTH,
+    Faults,
+    Sandbox,
+    add_arguments,
+    run_from_args,
+)
 
 AUTH = {"key": "sandbox-key", "hash": "sandbox-hash"}
 START = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)  # 09:00 in Istanbul
@@ -476,6 +486,9 @@ def test_error_rate_answers_503_without_doing_the_work(
         "injected_errors": 1,
         "dropped": 0,
         "garbled": 0,
+        "dripped": 0,
+        "nested": 0,
+        "huge": 0,
         "codes": {"503": 1},
     }
 
@@ -633,6 +646,184 @@ def test_set_faults_can_reseed(http: httpx.Client, sandbox: Sandbox) -> None:
 def test_faults_are_validated(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Faults(**kwargs)
+
+
+# -- answers spoilt after the work is done, and the sandbox's own clock ----------------------
+
+
+def test_drip_next_writes_the_whole_answer_one_byte_at_a_time_and_does_the_work(
+    http: httpx.Client, sandbox: Sandbox
+) -> None:
+    order_id = schedule(http)
+    sandbox.set_faults(Faults(drip_next={"cancel-order": 1}, drip_interval=0.005))
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    body = json.dumps({"request": {"authentication": AUTH, "order": {"id": order_id}}}).encode()
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(
+            b"POST /v1/cancel-order/json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        first = raw.recv(4096)
+        received = first
+        while chunk := raw.recv(4096):
+            received += chunk
+    assert len(first) < 20, "the head is dripped too, not sent at once"
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer)["response"]["status"]["code"] == 200
+    truth = sandbox.truth()
+    assert truth["orders"][order_id]["cancels_accepted"] == 1
+    assert truth["totals"]["cancel-order"]["dripped"] == 1
+
+
+@pytest.mark.parametrize("by", ["next", "rate"])
+def test_nested_answers_are_json_deeper_than_any_parser_and_the_work_is_done(
+    http: httpx.Client, sandbox: Sandbox, by: str
+) -> None:
+    order_id = schedule(http)
+    sandbox.set_faults(
+        Faults(nested_next={"cancel-order": 1})
+        if by == "next"
+        else Faults(nested_rate=1.0, endpoints=frozenset({"cancel-order"}))
+    )
+    response = cancel(http, order_id)
+    assert response.status_code == 200
+    assert response.content == b"[" * NESTED_DEPTH + b"]" * NESTED_DEPTH
+    with pytest.raises(RecursionError):
+        json.loads(response.content)
+    truth = sandbox.truth()
+    assert truth["orders"][order_id]["cancels_accepted"] == 1
+    assert truth["totals"]["cancel-order"]["nested"] == 1
+
+
+@pytest.mark.parametrize("by", ["next", "rate"])
+def test_huge_answers_never_end_and_the_work_is_done(
+    http: httpx.Client, sandbox: Sandbox, by: str
+) -> None:
+    order_id = schedule(http)
+    sandbox.set_faults(
+        Faults(huge_next={"cancel-order": 1})
+        if by == "next"
+        else Faults(huge_rate=1.0, endpoints=frozenset({"cancel-order"}))
+    )
+    request = {"request": {"authentication": AUTH, "order": {"id": order_id}}}
+    received = 0
+    with http.stream("POST", "/v1/cancel-order/json", json=request) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > 8 * 1024 * 1024:
+                break
+    assert received > 8 * 1024 * 1024
+    truth = sandbox.truth()
+    assert truth["orders"][order_id]["cancels_accepted"] == 1
+    assert truth["totals"]["cancel-order"]["huge"] == 1
+
+
+def test_stop_is_prompt_while_answers_drip_and_never_end(sandbox: Sandbox) -> None:
+    sandbox.set_faults(
+        Faults(drip_next={"get-balance": 1}, huge_next={"get-report": 1}, drip_interval=0.5)
+    )
+    stopped = threading.Event()
+    failures: list[BaseException] = []
+
+    def drip() -> None:
+        with new_client(sandbox.url, timeout=10.0) as client:
+            try:
+                call(client, "get-balance")
+            except httpx.TransportError as exc:
+                failures.append(exc)
+
+    def endless() -> None:
+        with (
+            new_client(sandbox.url, timeout=10.0) as client,
+            client.stream("POST", "/v1/get-report/json", json={}) as response,
+        ):
+            next(response.iter_raw())
+            stopped.wait(10.0)  # a reader that stopped reading: the sandbox's writes block
+
+    threads = [threading.Thread(target=drip), threading.Thread(target=endless)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5.0
+    while not all(
+        sandbox.truth()["totals"][endpoint][fault]
+        for endpoint, fault in (("get-report", "huge"), ("get-balance", "dripped"))
+    ):
+        assert time.monotonic() < deadline, "the faults were never served"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    started = time.perf_counter()
+    sandbox.stop()
+    elapsed = time.perf_counter() - started
+    stopped.set()
+    for thread in threads:
+        thread.join(5.0)
+    assert elapsed < 3.0
+    assert len(failures) == 1
+
+
+@pytest.mark.parametrize("offset", [3600.0, -90.0])
+def test_clock_offset_moves_the_lifecycle_and_the_date_header(
+    http: httpx.Client, sandbox: Sandbox, offset: float
+) -> None:
+    order_id = schedule(http)  # sends at START + 1 h; queued 2 minutes before
+    sandbox.set_faults(Faults(clock_offset=offset))
+    response = report(http, order_id)
+    if offset > 0:
+        assert response.json()["response"]["order"]["status"] == 113  # sending already
+    else:
+        assert code_of(response) == 456
+    shifted = START + timedelta(seconds=offset)
+    assert email.utils.parsedate_to_datetime(response.headers["Date"]) == shifted
+    assert datetime.fromisoformat(sandbox.truth()["now"]) == shifted
+
+
+def test_every_answer_carries_the_sandbox_clock_in_its_date_header(http: httpx.Client) -> None:
+    for response in (call(http, "get-balance"), call(http, "get-balance", auth={})):
+        assert email.utils.parsedate_to_datetime(response.headers["Date"]) == START
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"drip_rate": 0.5, "huge_rate": 0.3, "error_rate": 0.3},
+        {"nested_rate": 1.1},
+        {"huge_rate": -0.1},
+        {"drip_interval": -0.5},
+        {"drip_interval": float("inf")},
+        {"clock_offset": float("nan")},
+        {"clock_offset": float("-inf")},
+        {"clock_offset": "5"},
+        {"drip_next": {"send-email": 1}},
+        {"nested_next": {"send-sms": -1}},
+        {"huge_next": {"send-sms": 1.5}},
+    ],
+)
+def test_the_new_faults_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Faults(**kwargs)
+
+
+def test_the_new_faults_travel_through_dicts_and_the_control_endpoint(
+    http: httpx.Client, sandbox: Sandbox
+) -> None:
+    fields = {
+        "drip_rate": 0.1,
+        "nested_rate": 0.2,
+        "huge_rate": 0.3,
+        "drip_next": {"cancel-order": 2},
+        "nested_next": {"send-sms": 1},
+        "huge_next": {"get-report": 3},
+        "drip_interval": 0.25,
+        "clock_offset": -12.5,
+    }
+    faults = Faults(**fields)
+    assert Faults.from_dict(faults.to_dict()) == faults
+    posted = http.post("/_sandbox/faults", json=fields)
+    assert posted.status_code == 200
+    assert {name: posted.json()[name] for name in fields} == fields
+    assert sandbox.truth()["faults"] == faults.to_dict()
 
 
 # -- control endpoints ----------------------------------------------------------------------
@@ -862,6 +1053,16 @@ def test_add_arguments_parses_every_option() -> None:
             "9",
             "--zone",
             "UTC",
+            "--drip-rate",
+            "0.05",
+            "--nested-rate",
+            "0.06",
+            "--huge-rate",
+            "0.07",
+            "--drip-interval",
+            "0.4",
+            "--clock-offset",
+            "-30",
         ]
     )
     assert (args.host, args.port, args.key, args.hash) == (
@@ -874,6 +1075,8 @@ def test_add_arguments_parses_every_option() -> None:
     assert (args.error_rate, args.drop_rate, args.garbage_rate) == (0.1, 0.2, 0.3)
     assert args.fault_endpoints == frozenset({"cancel-order", "get-report"})
     assert (args.seed, args.zone) == (9, ZoneInfo("UTC"))
+    assert (args.drip_rate, args.nested_rate, args.huge_rate) == (0.05, 0.06, 0.07)
+    assert (args.drip_interval, args.clock_offset) == (0.4, -30.0)
 
 
 @pytest.mark.parametrize(
@@ -883,6 +1086,9 @@ def test_add_arguments_parses_every_option() -> None:
         ["--latency", "-1"],
         ["--fault-endpoints", "send-email"],
         ["--zone", "Mars/Olympus"],
+        ["--huge-rate", "1.5"],
+        ["--drip-interval", "-1"],
+        ["--clock-offset", "nan"],
     ],
 )
 def test_add_arguments_refuses_bad_values(

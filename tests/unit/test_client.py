@@ -16,6 +16,7 @@ import pytest
 import structlog.testing
 
 from scheduler.client import (
+    MAX_ANSWER_BYTES,
     Balance,
     CancelAnswer,
     IletiMerkeziClient,
@@ -200,7 +201,7 @@ def test_a_trailing_slash_on_the_base_url_is_ignored() -> None:
 
 def test_every_call_carries_the_configured_timeout(make_client: ClientFactory) -> None:
     recorder = Recorder(answer(456))
-    make_client(recorder, timeout=2.5).get_report("1")
+    make_client(recorder, timeout=2.5, monotonic=lambda: 100.0).get_report("1")
 
     assert recorder.requests[0].extensions["timeout"] == {
         "connect": 2.5,
@@ -473,6 +474,140 @@ def test_an_unreadable_body_is_a_transient_error_that_may_have_been_delivered(
     assert caught.value.code is None
     assert caught.value.endpoint == endpoint
     assert f"HTTP {response.status_code}" in str(caught.value)
+
+
+@pytest.mark.parametrize("endpoint", ["send-sms", "cancel-order"])
+def test_a_deeply_nested_body_is_a_transient_error_not_a_recursion_error(
+    make_client: ClientFactory, endpoint: str
+) -> None:
+    nested = b"[" * 2000 + b"]" * 2000  # 4 KB: deeper than the parser's recursion limit
+    client = make_client(lambda request: httpx.Response(200, content=nested))
+
+    with pytest.raises(ProviderTransientError) as caught:
+        CALLS[endpoint](client)
+
+    assert caught.value.maybe_delivered is True
+    assert "is not JSON" in str(caught.value)
+
+
+class CountingStream(httpx.SyncByteStream):
+    """An answer body of `chunks` chunks of 64 KiB that counts how many were read."""
+
+    def __init__(self, first: bytes, chunks: int, *, on_chunk: Callable[[], None] = lambda: None):
+        self.first = first
+        self.chunks = chunks
+        self.on_chunk = on_chunk
+        self.read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index in range(self.chunks):
+            self.read += 1
+            self.on_chunk()
+            yield self.first if index == 0 else b" " * 65536
+
+
+def test_an_answer_over_the_cap_is_not_read_further_even_when_it_is_valid_json(
+    make_client: ClientFactory,
+) -> None:
+    """A documented answer padded with 4 MiB of whitespace: the client stops after 1 MiB."""
+    documented = json.dumps({"response": {"status": {"code": 200, "message": "ok"}}}).encode()
+    stream = CountingStream(documented, 64)
+    client = make_client(lambda request: httpx.Response(200, stream=stream))
+
+    with pytest.raises(ProviderTransientError) as caught:
+        client.get_balance()
+
+    assert caught.value.maybe_delivered is True
+    assert f"over {MAX_ANSWER_BYTES} bytes" in str(caught.value)
+    assert stream.read <= MAX_ANSWER_BYTES // 65536 + 2
+
+
+def test_an_answer_declaring_a_length_over_the_cap_is_refused_unread(
+    make_client: ClientFactory,
+) -> None:
+    stream = CountingStream(b"{", 2)
+    headers = {"Content-Length": str(400 * 1024 * 1024)}
+    client = make_client(lambda request: httpx.Response(200, headers=headers, stream=stream))
+
+    with pytest.raises(ProviderTransientError, match="over"):
+        client.cancel_order("1")
+
+    assert stream.read == 0
+
+
+def test_an_answer_at_the_cap_is_read() -> None:
+    assert MAX_ANSWER_BYTES == 1024 * 1024
+    body = json.dumps({"response": {"status": {"code": 456, "message": "x"}}}).encode()
+    padded = body + b" " * (MAX_ANSWER_BYTES - len(body))
+    client = IletiMerkeziClient(
+        BASE_URL,
+        KEY,
+        HASH,
+        transport=httpx.MockTransport(lambda request: httpx.Response(456, content=padded)),
+        clock=lambda: NOW,
+    )
+    with client:
+        assert client.get_report("1").status is ReportStatus.PENDING
+
+
+class FakeMonotonic:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_answer_still_arriving_at_the_deadline_is_a_transient_error_naming_it(
+    make_client: ClientFactory,
+) -> None:
+    """Each chunk takes 0.4 s of the 1 s deadline: the third is never waited for."""
+    monotonic = FakeMonotonic()
+
+    def slow_chunk() -> None:
+        monotonic.now += 0.4
+
+    documented = json.dumps({"response": {"status": {"code": 200, "message": "ok"}}}).encode()
+    stream = CountingStream(documented, 10, on_chunk=slow_chunk)
+    client = make_client(
+        lambda request: httpx.Response(200, stream=stream), timeout=1.0, monotonic=monotonic
+    )
+
+    with pytest.raises(ProviderTransientError) as caught:
+        client.cancel_order("1")
+
+    assert caught.value.maybe_delivered is True
+    assert "call deadline of 1 s" in str(caught.value)
+    assert stream.read == 3
+
+
+def test_each_phase_starts_with_no_more_than_the_call_deadline(make_client: ClientFactory) -> None:
+    recorder = Recorder(answer(456))
+    client = make_client(recorder, timeout=3.0)
+
+    client.get_report("1")
+
+    assert client.call_deadline == 3.0
+    assert set(recorder.requests[0].extensions["timeout"]) == {"connect", "read", "write", "pool"}
+    assert all(0 < t <= 3.0 for t in recorder.requests[0].extensions["timeout"].values())
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
+def test_a_call_deadline_must_be_a_positive_finite_number(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        IletiMerkeziClient(BASE_URL, KEY, HASH, timeout=timeout)
+
+
+def test_send_date_time_is_written_in_the_provider_zone_by_default(
+    make_client: ClientFactory,
+) -> None:
+    """Whatever zone people use, the provider reads Istanbul time: 07:00 UTC is 10:00 there."""
+    recorder = Recorder(answer(200, order={"id": "1"}))
+    send(make_client(recorder))
+
+    assert body_of(recorder.requests[0])["request"]["order"]["sendDateTime"] == "01/12/2026 10:00"
 
 
 @pytest.mark.parametrize("order", [None, {}, {"id": ""}, {"id": None}], ids=str)
