@@ -159,6 +159,10 @@ class Faults:
     and always apply: the next N requests to that endpoint get a 503 (`fail_next`, work not
     done), lose their answer (`drop_next`, work done) or get an unreadable one (`garbage_next`,
     work done). The sandbox keeps its own copy and counts that copy down.
+
+    `report_lag` (seconds of sandbox time) stands for an eventually consistent provider: after
+    an accepted cancel, get-report keeps answering 456 for that long before it answers 115 (a
+    cancel-order meanwhile answers 455: the order is cancelled).
     """
 
     latency: float = 0.0
@@ -169,9 +173,11 @@ class Faults:
     fail_next: dict[str, int] = field(default_factory=dict)
     drop_next: dict[str, int] = field(default_factory=dict)
     garbage_next: dict[str, int] = field(default_factory=dict)
+    report_lag: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number("latency", self.latency, upper=math.inf)
+        _check_number("report_lag", self.report_lag, upper=math.inf)
         for name in ("error_rate", "drop_rate", "garbage_rate"):
             _check_number(name, getattr(self, name), upper=1.0)
         if self.error_rate + self.drop_rate + self.garbage_rate > 1.0:
@@ -197,6 +203,7 @@ class Faults:
             "fail_next": dict(self.fail_next),
             "drop_next": dict(self.drop_next),
             "garbage_next": dict(self.garbage_next),
+            "report_lag": self.report_lag,
         }
 
     @classmethod
@@ -727,6 +734,9 @@ class Sandbox:
         order = self._existing(request)
         state = self._state(order, now)
         _require(state != "pending", 456)
+        lag = timedelta(seconds=self._faults.report_lag)
+        # An eventually consistent provider: the cancel took, the report does not show it yet.
+        _require(order.cancelled_at is None or now >= order.cancelled_at + lag, 456)
         status, message_status = _REPORT_STATUSES[state]
         total = len(order.numbers)
         options = request["order"]
