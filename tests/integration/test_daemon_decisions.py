@@ -283,7 +283,14 @@ def test_cancel_that_did_not_take_is_sent_again_after_verification_proves_it_pen
     assert final.cancel_attempts == 2
     history = ledger.history(oid)
     assert [e.to_state.value for e in history][2:] == ["cancelling", "cancelling", "cancelled"]
-    assert [e.details for e in history[2:4]] == [{"attempt": 1}, {"attempt": 2}]
+    assert [e.details for e in history[2:4]] == [
+        {"attempt": 1},
+        {"attempt": 2, "resend": True, "after": "refused"},
+    ]
+    assert history[3].reason == (
+        "re-sending cancel-order (attempt 2): the last one was refused and never reached the"
+        " provider"
+    )
     truth = truth_of(sandbox, oid)
     assert (truth["cancel_calls"], truth["cancels_accepted"]) == (2, 1)
     assert truth["report_calls"] == 3  # pre-check, verify (456), verify (115)
@@ -537,6 +544,20 @@ def test_a_cancel_the_provider_did_not_take_is_resent_only_after_the_settle_peri
     assert len(sent_at) == 2
     assert (sent_at[1] - sent_at[0]).total_seconds() >= SETTLE
     assert truth["report_calls"] > 3  # pre-check, then 456s read again while settling
+    resend = ledger.history(oid)[-2]
+    assert (resend.from_state, resend.to_state) == (OrderState.CANCELLING, OrderState.CANCELLING)
+    pending = resend.details["pending_seconds"]
+    assert resend.details == {
+        "attempt": 2,
+        "resend": True,
+        "after": "pending",
+        "pending_seconds": pending,
+    }
+    assert pending >= SETTLE
+    assert resend.reason == (
+        f"re-sending cancel-order (attempt 2): still pending (456) {pending:g} s after a cancel"
+        " that may have reached the provider"
+    )
 
 
 def test_still_pending_while_settling_when_the_margin_closes_needs_attention_after_one_cancel(
