@@ -44,6 +44,10 @@ TRANSITIONS: frozenset[tuple[OrderState | None, OrderState]] = frozenset(
         # Every cancel sent provably never reached the provider (503, connection refused) and
         # the margin closed before a verification could be read: no cancel call took effect.
         (S.CANCELLING, S.CANCEL_REFUSED),
+        # Every cancel was refused (503, connection refused), so none can have reached the
+        # provider, and the verification answered 455: the provider does not know the order (a
+        # 455 proves a cancel took only after one may have been delivered).
+        (S.CANCELLING, S.NOT_FOUND),
     }
 )
 

@@ -1,13 +1,16 @@
 """The cancel-and-verify sequence for one claimed order: get-report, cancel-order, get-report.
 
 The order is recorded `cancelling` *before* cancel-order is sent, and every cancel-order is
-followed by a verifying get-report, whatever it answered. A further cancel is sent only after a
-verification proved the order still pending (456), so at most one cancel reaches the provider
-per order unless the provider itself showed the first one did not take.
+followed by a verifying get-report, whatever it answered. Reports lag behind cancels (the
+provider is eventually consistent), so after a cancel that may have reached the provider a 456
+only means "read again": another cancel is sent only when the order still reads 456 once the
+settle period has passed since that cancel was sent. So at most one cancel reaches the provider
+per order unless the provider itself showed, long enough, that the first one did not take.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -29,6 +32,8 @@ from scheduler.decisions import (
     backoff_delay,
     margin_closed,
     retry_fits,
+    settle_pause,
+    too_many_cancels,
     unresolved,
 )
 from scheduler.errors import ProviderAuthError, ProviderError, ProviderTransientError
@@ -39,8 +44,11 @@ log = structlog.get_logger("smsledger.daemon")
 
 #: The longest wait between two reads of a failing provider.
 BACKOFF_CAP_SECONDS = 30.0
-#: Cancels sent to one order before a person must look, even while the provider says pending.
+#: Cancels that may have reached the provider (not those refused with a 503) before a person
+#: must look, even while the provider says pending.
 MAX_CANCEL_ATTEMPTS = 5
+#: Seconds a cancel that may have reached the provider gets before a 456 counts against it.
+SETTLE_SECONDS = 20.0
 
 
 class _Abandon(Exception):
@@ -62,6 +70,7 @@ class CancelSequence:
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
         max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
         self._ledger = ledger
         self._store = ledger.store
@@ -74,6 +83,9 @@ class CancelSequence:
         self._sleep = sleep or stopping.wait
         self._rng = rng or random.Random()
         self._max_attempts = max_cancel_attempts
+        if not math.isfinite(settle_seconds) or settle_seconds < 0:
+            raise ValueError(f"settle_seconds must be a finite number >= 0, got {settle_seconds!r}")
+        self._settle_period = timedelta(seconds=settle_seconds)
 
     def run(self, order: Order) -> Order | None:
         """Work one order we hold the claim on; return it as it ends (None if left for later).
@@ -82,6 +94,9 @@ class CancelSequence:
         process that is gone) starts with verification: a cancel is never resent blindly.
         """
         job = _Job(order)
+        if job.cancel_sent:
+            # Recovered: the cancel (if any) left right after `cancelling` was recorded.
+            job.settle_from(order.updated_at, self._settle_period)
         with structlog.contextvars.bound_contextvars(order_id=order.order_id):
             try:
                 return self._run(job)
@@ -96,17 +111,29 @@ class CancelSequence:
         else:
             log.warning("cancel_recovering", previous_attempts=job.attempts)
             decision = self._check(job, verify=True)
-        while decision.next is Next.SEND_CANCEL:
+        while decision.next is not Next.FINISH:
+            if decision.next is Next.READ_AGAIN:
+                decision = self._settle(job)
+                continue
             if self._window(job) in (Window.REFUSE, Window.PAST):
                 decision = margin_closed(job.cancel_sent)
                 break
-            if job.attempts >= self._max_attempts:
-                decision = Decision.finish(
-                    OrderState.NEEDS_ATTENTION,
-                    f"{job.attempts} cancels sent and the provider still reports the order pending",
-                )
+            if job.delivered >= self._max_attempts:
+                decision = too_many_cancels(job.delivered, job.attempts)
                 break
+            if job.refused_in_row:
+                # The last cancel was refused (503): pause before the next, as for a read.
+                delay = backoff_delay(job.refused_in_row - 1, cap=self._pause_cap(), rng=self._rng)
+                if not retry_fits(
+                    self._clock(), delay, job.order.send_at, self._ledger.refuse_before
+                ):
+                    decision = margin_closed(job.cancel_sent)
+                    break
+                self._check_stopping()
+                log.info("cancel_retry", refused=job.refused_in_row, delay_seconds=round(delay, 3))
+                self._sleep(delay)
             self._check_stopping()
+            job.note_resend(self._clock())
             if not self._record_cancelling(job):
                 return job.order
             self._send_cancel(job)
@@ -118,7 +145,11 @@ class CancelSequence:
             decision.state,
             now=self._clock(),
             reason=decision.reason,
-            details={"attempts": job.attempts, "provider_code": job.last_code},
+            details={
+                "attempts": job.attempts,
+                "maybe_delivered": job.delivered,
+                "provider_code": job.last_code,
+            },
             values={
                 "last_provider_code": job.last_code,
                 "check_attempts": job.order.check_attempts + job.checks,
@@ -137,7 +168,39 @@ class CancelSequence:
         job.last_code = report.code
         if not verify:
             return after_precheck(report)
-        return after_verify(report, self._window(job), cancel_sent=job.cancel_sent)
+        now = self._clock()
+        where = window(job.order.send_at, now, self._ledger.warn_before, self._ledger.refuse_before)
+        settling = job.settle_until is not None and now < job.settle_until
+        return after_verify(report, where, cancel_sent=job.cancel_sent, settling=settling)
+
+    def _settle(self, job: _Job) -> Decision:
+        """Wait a growing pause (within the settle period, outside the refuse margin), read again.
+
+        The order read 456 after a cancel that may have reached the provider, and that cancel is
+        younger than the settle period: the report may simply lag behind it.
+        """
+        assert job.settle_until is not None
+        now = self._clock()
+        left = (job.settle_until - now).total_seconds()
+        delay = settle_pause(job.settle_reads, left, cap=self._pause_cap(), rng=self._rng)
+        if not retry_fits(now, delay, job.order.send_at, self._ledger.refuse_before):
+            return margin_closed(job.cancel_sent)
+        self._check_stopping()
+        job.settle_reads += 1
+        log.info(
+            "cancel_settling",
+            reads=job.settle_reads,
+            delay_seconds=round(delay, 3),
+            settle_left_seconds=round(left, 3),
+        )
+        self._sleep(delay)
+        # As after a backoff: a wait plus a worst-case call must never outlast the claim.
+        self._renew_lease(job, force=True)
+        return self._check(job, verify=True)
+
+    def _pause_cap(self) -> float:
+        # Never wait so long that our claim could lapse while we sleep.
+        return min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
 
     def _window(self, job: _Job) -> Window:
         return window(
@@ -153,8 +216,8 @@ class CancelSequence:
             job.state,
             OrderState.CANCELLING,
             now=now,
-            reason=f"sending cancel-order (attempt {attempt})",
-            details={"attempt": attempt},
+            reason=job.resend_reason or f"sending cancel-order (attempt {attempt})",
+            details={"attempt": attempt, **job.resend_details},
             increment=("cancel_attempts",),
             values={"claim_expires_at": now + self._lease},
             expect_owner=self._owner,
@@ -175,13 +238,13 @@ class CancelSequence:
 
     def _send_cancel(self, job: _Job) -> None:
         """Send cancel-order once; its answer is only a hint, verification decides."""
+        sent_at = self._clock()
         with structlog.contextvars.bound_contextvars(attempt=job.attempts):
             try:
                 answer = self._client.cancel_order(job.order.order_id)
             except ProviderError as exc:
                 # A 503 or a refused connection proves this cancel never reached the provider.
                 delivered = not isinstance(exc, ProviderTransientError) or exc.maybe_delivered
-                job.cancel_sent = job.cancel_sent or delivered
                 log.warning(
                     "cancel_unanswered",
                     error=type(exc).__name__,
@@ -189,9 +252,14 @@ class CancelSequence:
                     detail=str(exc),
                     maybe_delivered=delivered,
                 )
-                return
-            job.cancel_sent = True
-            log.info("cancel_sent", answer=answer.value)
+            else:
+                delivered = True
+                log.info("cancel_sent", answer=answer.value)
+        if delivered:
+            job.delivered += 1
+            job.settle_from(sent_at, self._settle_period)
+        else:
+            job.refused_in_row += 1
 
     def _read(self, job: _Job) -> Report | Decision:
         """get-report with backoff on transient errors, never past the refuse margin."""
@@ -210,9 +278,7 @@ class CancelSequence:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 raise _Abandon("credentials rejected") from exc
             except ProviderError as exc:
-                # Never wait so long that our claim could lapse while we sleep.
-                cap = min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
-                delay = backoff_delay(failures, cap=cap, rng=self._rng)
+                delay = backoff_delay(failures, cap=self._pause_cap(), rng=self._rng)
                 failures += 1
                 why = f"{type(exc).__name__}: {exc}"
                 fits = retry_fits(
@@ -248,8 +314,20 @@ class _Job:
 
     order: Order
     state: OrderState = field(init=False)
+    #: Cancel attempts recorded, including those refused with a 503.
     attempts: int = field(init=False)
-    cancel_sent: bool = field(init=False)
+    #: Cancels that may have reached the provider; a recovered order counts all its attempts.
+    delivered: int = field(init=False)
+    #: Cancels refused (503, connection refused) since the last one that may have arrived.
+    refused_in_row: int = 0
+    #: When the last cancel that may have reached the provider was sent, and when its settle
+    #: period ends (a 456 before then means "read again").
+    sent_at: datetime | None = None
+    settle_until: datetime | None = None
+    settle_reads: int = 0
+    #: What the next `cancelling` record says about why it is sent (see `note_resend`).
+    resend_reason: str | None = None
+    resend_details: dict[str, object] = field(default_factory=dict)
     lease_until: datetime | None = field(init=False)
     checks: int = 0
     last_code: int | None = None
@@ -257,6 +335,38 @@ class _Job:
     def __post_init__(self) -> None:
         self.state = self.order.state
         self.attempts = self.order.cancel_attempts
-        # A recovered `cancelling` order may have had its cancel sent before the crash.
-        self.cancel_sent = self.state is OrderState.CANCELLING
+        self.delivered = self.attempts if self.state is OrderState.CANCELLING else 0
         self.lease_until = self.order.claim_expires_at
+
+    @property
+    def cancel_sent(self) -> bool:
+        """Whether a cancel may have reached the provider (a recovered one may have, before the
+        crash); False when none was sent or each was refused with a 503 or a refused connection."""
+        return self.delivered > 0
+
+    def settle_from(self, sent_at: datetime, settle: timedelta) -> None:
+        """Start the settle period of a cancel that may have reached the provider at `sent_at`."""
+        self.refused_in_row = 0
+        self.sent_at = sent_at
+        self.settle_until = sent_at + settle
+        self.settle_reads = 0
+
+    def note_resend(self, now: datetime) -> None:
+        """Say, for the next `cancelling` record, why another cancel is sent (none if first)."""
+        attempt = self.attempts + 1
+        if self.attempts == 0:
+            self.resend_reason, self.resend_details = None, {}
+        elif self.refused_in_row:
+            self.resend_reason = (
+                f"re-sending cancel-order (attempt {attempt}): the last one was refused"
+                " and never reached the provider"
+            )
+            self.resend_details = {"resend": True, "after": "refused"}
+        else:
+            pending = round((now - self.sent_at).total_seconds(), 1) if self.sent_at else None
+            since = f" {pending:g} s" if pending is not None else ""
+            self.resend_reason = (
+                f"re-sending cancel-order (attempt {attempt}): still pending (456){since} after"
+                " a cancel that may have reached the provider"
+            )
+            self.resend_details = {"resend": True, "after": "pending", "pending_seconds": pending}

@@ -22,6 +22,8 @@ __all__ = [
     "backoff_delay",
     "margin_closed",
     "retry_fits",
+    "settle_pause",
+    "too_many_cancels",
     "unresolved",
 ]
 
@@ -31,6 +33,7 @@ class Next(StrEnum):
 
     FINISH = "finish"  # move to `Decision.state` and stop
     SEND_CANCEL = "send_cancel"  # record cancelling and send cancel-order
+    READ_AGAIN = "read_again"  # a cancel may still be settling: wait, then verify again
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Decision:
 
 
 _SEND = Decision(Next.SEND_CANCEL)
+_READ_AGAIN = Decision(Next.READ_AGAIN)
 #: Sending started or finished: the cancel window is closed, whatever step we are in.
 _CLOSED = {
     ReportStatus.SENDING: Decision.finish(
@@ -69,25 +73,38 @@ def after_precheck(report: Report) -> Decision:
             return Decision.finish(OrderState.NOT_FOUND, "provider does not know the order (455)")
 
 
-def after_verify(report: Report, where: Window, *, cancel_sent: bool = True) -> Decision:
-    """Decide from the get-report answer read after a cancel-order may have been sent.
+def after_verify(
+    report: Report, where: Window, *, cancel_sent: bool = True, settling: bool = False
+) -> Decision:
+    """Decide from the get-report answer read after a cancel-order was tried.
 
-    115 and 455 both prove the cancel took (the provider answers a cancelled order either way);
-    456 proves the order still pending, which is the only thing that allows another cancel.
+    `cancel_sent` is False when no cancel can have reached the provider (each was refused with a
+    503 or a refused connection). `settling` is True while the last cancel that may have reached
+    the provider is younger than the settle period: reports lag behind cancels, so a 456 then
+    only means "read again later", never "send another cancel".
+
+    115 proves the order will not go out. 455 proves the cancel took only when one may have been
+    delivered; with none delivered the provider simply does not know the order, as at the
+    pre-check. 456 after the settle period is the only thing that allows another cancel.
     """
     match report.status:
         case ReportStatus.NOT_SENT:
             return Decision.finish(OrderState.CANCELLED, "cancel verified: provider reports 115")
-        case ReportStatus.NOT_FOUND:
+        case ReportStatus.NOT_FOUND if cancel_sent:
             return Decision.finish(
                 OrderState.CANCELLED, "cancel verified: provider no longer lists the order (455)"
+            )
+        case ReportStatus.NOT_FOUND:
+            return Decision.finish(
+                OrderState.NOT_FOUND,
+                "provider does not know the order (455) and no cancel reached it",
             )
         case ReportStatus.SENDING | ReportStatus.COMPLETED:
             return _CLOSED[report.status]
         case ReportStatus.PENDING:
-            if where in (Window.OPEN, Window.WARN):
-                return _SEND
-            return margin_closed(cancel_sent)
+            if where not in (Window.OPEN, Window.WARN):
+                return margin_closed(cancel_sent)
+            return _READ_AGAIN if settling else _SEND
 
 
 def margin_closed(cancel_sent: bool) -> Decision:
@@ -99,10 +116,26 @@ def margin_closed(cancel_sent: bool) -> Decision:
     if cancel_sent:
         return Decision.finish(
             OrderState.NEEDS_ATTENTION,
-            "cancel did not take (still pending, 456) and the refuse margin has closed",
+            "provider still reports the order pending (456) after a cancel that may have reached"
+            " it, and the refuse margin has closed",
         )
     return Decision.finish(
         OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
+    )
+
+
+def too_many_cancels(maybe_delivered: int, attempts: int) -> Decision:
+    """Decide when the order still reads pending after the most cancels we send it.
+
+    Only cancels that may have reached the provider count: one refused with a 503 was not sent,
+    and the reason never says it was.
+    """
+    refused = attempts - maybe_delivered
+    also = f"; {refused} more refused before reaching it" if refused > 0 else ""
+    return Decision.finish(
+        OrderState.NEEDS_ATTENTION,
+        f"provider still reports the order pending (456) after {maybe_delivered} cancels that"
+        f" may have reached it{also}",
     )
 
 
@@ -133,3 +166,15 @@ def backoff_delay(
 def retry_fits(now: datetime, delay: float, send_at: datetime, refuse_before: timedelta) -> bool:
     """True when waiting `delay` seconds still leaves the retry outside the refuse margin."""
     return now + timedelta(seconds=delay) < send_at - refuse_before
+
+
+def settle_pause(
+    reads: int, remaining: float, *, cap: float = 30.0, rng: random.Random | None = None
+) -> float:
+    """The wait before re-reading an order whose cancel may still be settling.
+
+    Growing, jittered pauses (`backoff_delay` of the re-reads made so far) so a lag of half a
+    second costs one short wait and a slow provider is not polled hard; never longer than the
+    `remaining` seconds of the settle period, so the decision to re-send is not delayed.
+    """
+    return max(0.0, min(backoff_delay(reads, cap=cap, rng=rng), remaining))

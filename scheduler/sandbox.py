@@ -183,6 +183,10 @@ class Faults:
     hangs up, the sandbox stops or `HUGE_MAX_BYTES` went out). `clock_offset` (seconds, either
     sign) puts the sandbox's clock that far ahead of the clock it was given: the orders'
     lifecycle and every answer's `Date` header follow it.
+
+    `report_lag` (seconds of sandbox time) stands for an eventually consistent provider: after
+    an accepted cancel, get-report keeps answering 456 for that long before it answers 115 (a
+    cancel-order meanwhile answers 455: the order is cancelled).
     """
 
     latency: float = 0.0
@@ -201,10 +205,12 @@ class Faults:
     huge_next: dict[str, int] = field(default_factory=dict)
     drip_interval: float = 0.5
     clock_offset: float = 0.0
+    report_lag: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number("latency", self.latency, upper=math.inf)
         _check_number("drip_interval", self.drip_interval, upper=math.inf)
+        _check_number("report_lag", self.report_lag, upper=math.inf)
         for name in _RATES:
             _check_number(name, getattr(self, name), upper=1.0)
         if sum(getattr(self, name) for name in _RATES) > 1.0:
@@ -243,6 +249,7 @@ class Faults:
             "huge_next": dict(self.huge_next),
             "drip_interval": self.drip_interval,
             "clock_offset": self.clock_offset,
+            "report_lag": self.report_lag,
         }
 
     @classmethod
@@ -812,6 +819,9 @@ class Sandbox:
         order = self._existing(request)
         state = self._state(order, now)
         _require(state != "pending", 456)
+        lag = timedelta(seconds=self._faults.report_lag)
+        # An eventually consistent provider: the cancel took, the report does not show it yet.
+        _require(order.cancelled_at is None or now >= order.cancelled_at + lag, 456)
         status, message_status = _REPORT_STATUSES[state]
         total = len(order.numbers)
         options = request["order"]

@@ -6,6 +6,7 @@ margins, leases and backoff waits are crossed in fake time and each test runs in
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -41,6 +42,7 @@ WARN = timedelta(minutes=15)
 REFUSE = timedelta(minutes=5)
 OTHER_HOST_OWNER = "some-other-host:4242:abcd1234"
 PASS_TIMEOUT = 15.0
+SETTLE = 20.0  # CancelSequence's default settle_seconds, which the daemon uses here
 
 
 @pytest.fixture
@@ -281,7 +283,14 @@ def test_cancel_that_did_not_take_is_sent_again_after_verification_proves_it_pen
     assert final.cancel_attempts == 2
     history = ledger.history(oid)
     assert [e.to_state.value for e in history][2:] == ["cancelling", "cancelling", "cancelled"]
-    assert [e.details for e in history[2:4]] == [{"attempt": 1}, {"attempt": 2}]
+    assert [e.details for e in history[2:4]] == [
+        {"attempt": 1},
+        {"attempt": 2, "resend": True, "after": "refused"},
+    ]
+    assert history[3].reason == (
+        "re-sending cancel-order (attempt 2): the last one was refused and never reached the"
+        " provider"
+    )
     truth = truth_of(sandbox, oid)
     assert (truth["cancel_calls"], truth["cancels_accepted"]) == (2, 1)
     assert truth["report_calls"] == 3  # pre-check, verify (456), verify (115)
@@ -447,18 +456,203 @@ def test_margin_closing_between_verification_and_resend_ends_the_order_not_the_w
 
 
 def test_an_order_that_stays_pending_gets_at_most_five_cancels_then_a_person(
-    ledger: Ledger, sandbox: Sandbox, daemon: Daemon, order: Callable[..., Order]
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
 ) -> None:
+    """Each cancel may have arrived (its answer was lost) yet the order stays pending: five such
+    cancels, each given the settle period, then a person."""
     oid = order().order_id
-    sandbox.set_faults(Faults(fail_next={"cancel-order": 50}))
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 50}))  # not done at the provider...
+    hooked = HookedClient(client)
+    hooked.after_cancel.append(_lose_the_answer)  # ...but we cannot know that
+    sent_at: list[datetime] = []
+    hooked.before_cancel.append(lambda: sent_at.append(clock.now()))
+    daemon = make_daemon(client=hooked)
 
     run_pass_within(daemon, PASS_TIMEOUT)
 
     final = ledger.get(oid)
     assert final.state is OrderState.NEEDS_ATTENTION
     assert final.cancel_attempts == 5
-    assert "5 cancels sent" in (final.reason or "")
+    assert final.reason == (
+        "provider still reports the order pending (456) after 5 cancels that may have reached it"
+    )
     assert truth_of(sandbox, oid)["cancel_calls"] == 5
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(sent_at)]
+    assert len(gaps) == 4
+    assert all(gap >= SETTLE for gap in gaps)
+
+
+# -- settling: reports lag behind cancels -------------------------------------------------------
+
+
+@pytest.mark.parametrize("lag", [0.5, 8.0], ids=["half-a-second", "eight-seconds"])
+def test_a_report_lagging_behind_the_cancel_gets_no_second_cancel(
+    lag: float,
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+) -> None:
+    """An eventually consistent provider still reads 456 for a while after taking the cancel:
+    that is waited out (shorter than the settle period), never answered with another cancel."""
+    ids = [order().order_id for _ in range(3)]
+    sandbox.set_faults(Faults(report_lag=lag))
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    truth = sandbox.truth()["orders"]
+    for oid in ids:
+        final = ledger.get(oid)
+        assert final.state is OrderState.CANCELLED
+        assert final.reason == "cancel verified: provider reports 115"
+        assert final.cancel_attempts == 1
+        assert (truth[oid]["cancel_calls"], truth[oid]["cancels_accepted"]) == (1, 1)
+        assert states_in_history(ledger, oid).count("cancelling") == 1
+    assert events_named(logs, "cancel_settling")
+
+
+def test_a_cancel_the_provider_did_not_take_is_resent_only_after_the_settle_period(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    oid = order().order_id
+    # The first cancel is not carried out, and its answer is lost: it may have arrived.
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    hooked = HookedClient(client)
+    sent_at: list[datetime] = []
+    hooked.before_cancel.append(lambda: sent_at.append(clock.now()))
+    hooked.after_cancel.append(lambda: None if len(sent_at) > 1 else _lose_the_answer())
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCELLED
+    assert final.cancel_attempts == 2
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (2, 1)
+    assert len(sent_at) == 2
+    assert (sent_at[1] - sent_at[0]).total_seconds() >= SETTLE
+    assert truth["report_calls"] > 3  # pre-check, then 456s read again while settling
+    resend = ledger.history(oid)[-2]
+    assert (resend.from_state, resend.to_state) == (OrderState.CANCELLING, OrderState.CANCELLING)
+    pending = resend.details["pending_seconds"]
+    assert resend.details == {
+        "attempt": 2,
+        "resend": True,
+        "after": "pending",
+        "pending_seconds": pending,
+    }
+    assert pending >= SETTLE
+    assert resend.reason == (
+        f"re-sending cancel-order (attempt 2): still pending (456) {pending:g} s after a cancel"
+        " that may have reached the provider"
+    )
+
+
+def test_still_pending_while_settling_when_the_margin_closes_needs_attention_after_one_cancel(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    """Ten seconds before the refuse margin the settle period cannot end: no second cancel."""
+    oid = order(send_in=REFUSE + timedelta(seconds=10)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    hooked = HookedClient(client)
+    hooked.after_cancel.append(_lose_the_answer)
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert final.reason == (
+        "provider still reports the order pending (456) after a cancel that may have reached it,"
+        " and the refuse margin has closed"
+    )
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+class _SwitchingClient:
+    """Talks to one sandbox until `switch`, then to another: a provider that lost the order."""
+
+    def __init__(self, first: IletiMerkeziClient, then: IletiMerkeziClient) -> None:
+        self.current, self._then = first, then
+
+    def switch(self) -> None:
+        self.current = self._then
+
+    def get_report(self, order_id: str) -> Any:
+        return self.current.get_report(order_id)
+
+    def cancel_order(self, order_id: str) -> Any:
+        return self.current.cancel_order(order_id)
+
+    def close(self) -> None:
+        """The fixtures close both clients."""
+
+
+def test_a_455_after_cancels_that_were_all_refused_is_not_found_not_cancelled(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_client: Callable[..., IletiMerkeziClient],
+    make_sandbox: Callable[..., Sandbox],
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    """No cancel can have reached the provider (503), so its 455 proves no cancel took."""
+    oid = order().order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
+    switching = _SwitchingClient(client, make_client(make_sandbox()))
+    hooked = HookedClient(switching)  # type: ignore[arg-type]
+    hooked.after_cancel.append(switching.switch)
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NOT_FOUND
+    assert final.reason == "provider does not know the order (455) and no cancel reached it"
+    assert states_in_history(ledger, oid)[-2:] == ["cancelling", "not_found"]
+    truth = truth_of(sandbox, oid)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 0)
+
+
+def test_cancels_refused_until_the_margin_closes_are_never_called_sent(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    daemon: Daemon,
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    """Every cancel answered 503 reached nobody: paused retries until the margin, then a refusal
+    that says no cancel was sent (not "5 cancels sent", not a person's problem)."""
+    oid = order(send_in=REFUSE + timedelta(minutes=1)).order_id
+    sandbox.set_faults(Faults(fail_next={"cancel-order": 1000}))
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.CANCEL_REFUSED
+    assert final.reason == "margin closed before the cancel could be sent"
+    truth = truth_of(sandbox, oid)
+    assert truth["cancels_accepted"] == 0
+    assert truth["cancel_calls"] == final.cancel_attempts > 5
+    assert ledger.history(oid)[-1].details["maybe_delivered"] == 0
+    assert clock.now() < final.send_at - REFUSE + timedelta(seconds=1)
 
 
 # -- transient errors until the margin closes ---------------------------------------------------
@@ -777,20 +971,25 @@ def test_a_dead_daemons_cancelling_order_is_verified_at_once_with_no_new_cancel(
     assert events_named(logs, "cancel_recovering")[0]["previous_attempts"] == 1
 
 
+@pytest.mark.parametrize("crashed_ago", [0.0, 60.0], ids=["just-now", "a-minute-ago"])
 def test_a_crash_before_the_cancel_left_is_resent_only_after_verification_proves_pending(
+    crashed_ago: float,
     ledger: Ledger,
     sandbox: Sandbox,
     daemon: Daemon,
     order: Callable[..., Order],
     clock: FakeClock,
 ) -> None:
+    """The crashed daemon's cancel may have left: it gets the settle period, counted from when
+    `cancelling` was recorded, before a 456 allows another."""
     oid = order().order_id
+    recorded = clock.now() - timedelta(seconds=crashed_ago)
     stale_cancelling(
         ledger,
         oid,
         owner=owner_on_this_host(dead_pid()),
         expires_at=clock.now() + LEASE,
-        now=clock.now(),
+        now=recorded,
     )
 
     run_pass_within(daemon, PASS_TIMEOUT)
@@ -798,9 +997,13 @@ def test_a_crash_before_the_cancel_left_is_resent_only_after_verification_proves
     final = ledger.get(oid)
     assert final.state is OrderState.CANCELLED
     assert final.cancel_attempts == 2
-    assert states_in_history(ledger, oid)[-3:] == ["cancelling", "cancelling", "cancelled"]
+    history = ledger.history(oid)
+    assert [e.to_state.value for e in history][-3:] == ["cancelling", "cancelling", "cancelled"]
+    assert (history[-2].at - recorded).total_seconds() >= SETTLE
     truth = truth_of(sandbox, oid)
-    assert (truth["cancel_calls"], truth["cancels_accepted"], truth["report_calls"]) == (1, 1, 2)
+    assert (truth["cancel_calls"], truth["cancels_accepted"]) == (1, 1)
+    if crashed_ago > SETTLE:  # settled already: one verification, then the cancel
+        assert truth["report_calls"] == 2
 
 
 def test_a_stale_claim_whose_order_cannot_be_read_needs_attention(

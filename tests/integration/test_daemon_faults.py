@@ -135,6 +135,26 @@ def test_every_order_is_cancelled_exactly_once_through_provider_faults(
     assert HASH not in text
 
 
+def test_a_provider_whose_report_lags_half_a_second_gets_one_cancel_per_order(
+    make_sandbox: Callable[..., Sandbox],
+    open_ledger: Callable[[], Ledger],
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """On the real clock: the lag is waited out with short reads, never answered by a cancel."""
+    sandbox = make_sandbox(Faults(report_lag=0.5, latency=0.01))
+    ledger = open_ledger()
+    ids = cancel_requested(ledger, sandbox, 20, "l")
+    daemon = make_daemon(ledger, sandbox, max_concurrent_cancels=8)
+
+    finals = run_passes_until_final(daemon, ledger, ids, timeout=DEADLINE)
+
+    assert Counter(o.state for o in finals) == {OrderState.CANCELLED: 20}
+    truth = sandbox.truth()
+    assert {oid: truth["orders"][oid]["cancel_calls"] for oid in ids} == dict.fromkeys(ids, 1)
+    assert {o.cancel_attempts for o in finals} == {1}
+    assert truth["totals"]["cancel-order"]["codes"] == {"200": 20}
+
+
 def test_every_provider_call_line_of_the_daemon_carries_its_attempt(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],

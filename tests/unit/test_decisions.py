@@ -19,6 +19,8 @@ from scheduler.decisions import (
     after_verify,
     backoff_delay,
     retry_fits,
+    settle_pause,
+    too_many_cancels,
     unresolved,
 )
 
@@ -253,3 +255,71 @@ def test_pending_after_the_margin_closed_with_no_cancel_delivered_is_refused() -
     decision = after_verify(report(ReportStatus.PENDING), Window.REFUSE, cancel_sent=False)
 
     assert (decision.next, decision.state) == (Next.FINISH, OrderState.CANCEL_REFUSED)
+
+
+# -- settling: a lagging report after a cancel that may have arrived ------------------------
+
+
+@pytest.mark.parametrize("where", list(Window), ids=str)
+@pytest.mark.parametrize("status", list(ReportStatus), ids=str)
+def test_while_settling_only_a_pending_answer_changes_meaning(
+    status: ReportStatus, where: Window
+) -> None:
+    """Inside the settle period 456 means "read again", never "send another cancel"; every other
+    answer (and 456 once the margin closed) decides as it does after the settle period."""
+    settling = after_verify(report(status), where, settling=True)
+    settled = after_verify(report(status), where, settling=False)
+    if status is ReportStatus.PENDING and where in (Window.OPEN, Window.WARN):
+        assert (settling.next, settling.state) == (Next.READ_AGAIN, None)
+        assert settled.next is Next.SEND_CANCEL
+    else:
+        assert settling == settled
+
+
+@pytest.mark.parametrize("where", list(Window), ids=str)
+def test_a_455_proves_a_cancel_only_after_one_may_have_been_delivered(where: Window) -> None:
+    delivered = after_verify(report(ReportStatus.NOT_FOUND), where, cancel_sent=True)
+    none_delivered = after_verify(report(ReportStatus.NOT_FOUND), where, cancel_sent=False)
+
+    assert (delivered.next, delivered.state) == (Next.FINISH, OrderState.CANCELLED)
+    assert none_delivered == Decision.finish(
+        OrderState.NOT_FOUND, "provider does not know the order (455) and no cancel reached it"
+    )
+
+
+def test_pending_when_the_margin_closed_after_a_possible_cancel_does_not_claim_it_failed() -> None:
+    """The report may only lag: the reason says pending after a cancel that MAY have arrived."""
+    decision = after_verify(report(ReportStatus.PENDING), Window.PAST, settling=True)
+
+    assert decision.state is OrderState.NEEDS_ATTENTION
+    assert "did not take" not in decision.reason
+    assert "may have reached" in decision.reason
+
+
+def test_too_many_cancels_counts_only_cancels_that_may_have_arrived() -> None:
+    assert too_many_cancels(5, 5) == Decision.finish(
+        OrderState.NEEDS_ATTENTION,
+        "provider still reports the order pending (456) after 5 cancels that may have reached it",
+    )
+    mixed = too_many_cancels(5, 8)
+    assert mixed.reason.endswith(
+        "after 5 cancels that may have reached it; 3 more refused before reaching it"
+    )
+    assert "sent" not in mixed.reason
+
+
+@pytest.mark.parametrize("reads", range(8))
+def test_settle_pause_grows_like_the_backoff_and_never_outlasts_the_settle_period(
+    reads: int,
+) -> None:
+    rng_a, rng_b = random.Random(reads), random.Random(reads)
+    assert settle_pause(reads, 1000.0, cap=8.0, rng=rng_a) == backoff_delay(
+        reads, cap=8.0, rng=rng_b
+    )
+    assert settle_pause(reads, 0.1, cap=8.0, rng=random.Random(0)) <= 0.1
+    assert settle_pause(reads, -3.0, cap=8.0, rng=random.Random(0)) == 0.0
+
+
+def test_the_first_settle_pause_is_about_half_a_second() -> None:
+    pauses = [settle_pause(0, 20.0, rng=random.Random(n)) for n in range(50)]
+    assert all(0.25 <= p <= 0.5 for p in pauses)
