@@ -2,7 +2,7 @@
 
 The provider is an in-process sandbox on the real clock (so the test reads its truth directly);
 each test's `smsledger.toml` names a ledger and a JSON-lines log in the test's folder, a 1 s API
-timeout (so a claim's lease is `lease_for(1)` = 13 s) and 0.2 s between passes. Every process a test
+timeout (so a claim's lease is `lease_for(1)` = 7 s) and 0.2 s between passes. Every process a test
 starts is killed in teardown, and every wait has a deadline.
 """
 
