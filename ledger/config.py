@@ -91,6 +91,10 @@ class ApiConfig:
 class SchedulerConfig:
     poll_seconds: float = 1.0
     max_concurrent_cancels: int = 16
+    #: How long after a cancel that may have been delivered the provider gets to show it took.
+    cancel_settle_seconds: float = 20.0
+    #: The longest `run --once` runs; unsettled orders are left to the next run.
+    once_deadline_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,10 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(f"scheduler.poll_seconds{where} must be positive")
     if config.scheduler.max_concurrent_cancels < 1:
         raise ConfigError(f"scheduler.max_concurrent_cancels{where} must be at least 1")
+    if config.scheduler.cancel_settle_seconds < 0:
+        raise ConfigError(f"scheduler.cancel_settle_seconds{where} must not be negative")
+    if config.scheduler.once_deadline_seconds <= 0:
+        raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
     if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):

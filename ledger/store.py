@@ -4,6 +4,10 @@ SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction
 writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
 its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
 
+Claims are timed by one clock, `Store.lease_now`: the database server's on PostgreSQL (daemons
+on several hosts share the ledger, not their clocks), the host's on SQLite (every process that
+opens the file runs on that host). Business time (send times, history) stays on the callers'.
+
 PostgreSQL runs the same statements at READ COMMITTED: every guarded update re-reads the row it
 waited for, so its ``WHERE state = :expected`` still decides; claims of several rows at once use
 ``FOR UPDATE SKIP LOCKED`` so that daemons split the work instead of queueing behind each other.
@@ -19,7 +23,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +32,7 @@ import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
+from ledger._clock import utcnow
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable
 from ledger.models import Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
@@ -260,6 +266,28 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @property
+    def database_file(self) -> Path | None:
+        """The SQLite database file (absolute), None for an in-memory or server database."""
+        if self.dialect != "sqlite":
+            return None
+        database = self.engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database).absolute()
+
+    def lease_now(self) -> datetime:
+        """The time claims are taken, renewed and compared by (aware UTC).
+
+        PostgreSQL: the server's ``clock_timestamp()``, one clock for daemons on several hosts.
+        SQLite: the host's clock, which every process using the file shares.
+        """
+        if self.dialect != "postgresql":
+            return utcnow()
+        with self.read() as conn:
+            value: datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+        return value.astimezone(UTC)
+
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, order_id: str, conn: Connection | None = None) -> Order | None:
@@ -474,12 +502,14 @@ class Store:
         values: Mapping[str, Any] | None = None,
         increment: Sequence[str] = (),
         expect_owner: str | None = None,
+        unexpired_at: datetime | None = None,
     ) -> TransitionResult:
         """Apply one legal state change as a guarded update plus its event, in one transaction.
 
         The update only matches while the order is still in `from_state` (and, with
-        `expect_owner`, still claimed by that owner); when it does not match nothing is written and
-        the result says so. Leaving for a final state releases any claim.
+        `expect_owner`, still claimed by that owner; with `unexpired_at` too, a lease time, only
+        while that claim has not expired then: a fenced write); when it does not match nothing is
+        written and the result says so. Leaving for a final state releases any claim.
         """
         if not is_legal(from_state, to_state):
             raise IllegalTransition(
@@ -501,6 +531,10 @@ class Store:
         )
         if expect_owner is not None:
             stmt = stmt.where(orders_t.c.claim_owner == expect_owner)
+        if unexpired_at is not None:
+            if expect_owner is None:
+                raise ValueError("unexpired_at fences a claim: it needs expect_owner")
+            stmt = stmt.where(orders_t.c.claim_expires_at > unexpired_at)
         with self.write() as conn:
             row = conn.execute(stmt).mappings().first()
             if row is None:
@@ -609,6 +643,28 @@ class Store:
             .where(orders_t.c.state == state.value)
             .where(sa.or_(*holders))
             .values(claim_owner=owner, claim_expires_at=expires_at)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
+    def renew(
+        self, order_id: str, state: OrderState, *, owner: str, expires_at: datetime, now: datetime
+    ) -> Order | None:
+        """Extend our own claim on an order in `state` while it is still live at lease time `now`.
+
+        Unlike `claim`, an expired claim is never renewed, even when nobody took it yet: from its
+        expiry another daemon may be taking the order, so the holder must stop and leave it to
+        recovery. Returns the order, or None when the claim is lost or the state moved on.
+        """
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .where(orders_t.c.claim_owner == owner)
+            .where(orders_t.c.claim_expires_at > now)
+            .values(claim_expires_at=expires_at)
             .returning(*orders_t.c)
         )
         with self.write() as conn:

@@ -71,6 +71,7 @@ class CancelSequence:
         rng: random.Random | None = None,
         max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
         settle_seconds: float = SETTLE_SECONDS,
+        lease_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._ledger = ledger
         self._store = ledger.store
@@ -86,6 +87,8 @@ class CancelSequence:
         if not math.isfinite(settle_seconds) or settle_seconds < 0:
             raise ValueError(f"settle_seconds must be a finite number >= 0, got {settle_seconds!r}")
         self._settle_period = timedelta(seconds=settle_seconds)
+        # Claims are timed by the lease clock (the database's on PostgreSQL), never by `clock`.
+        self._lease_clock = lease_clock or ledger.store.lease_now
 
     def run(self, order: Order) -> Order | None:
         """Work one order we hold the claim on; return it as it ends (None if left for later).
@@ -208,8 +211,13 @@ class CancelSequence:
         )
 
     def _record_cancelling(self, job: _Job) -> bool:
-        """Record `cancelling` (with the attempt) before the call; False if the claim is lost."""
+        """Record `cancelling` (with the attempt) before the call; False if the claim is lost.
+
+        A fenced write: it applies only while our claim is live by the lease clock, and renews it
+        in the same statement, so a worker that lost or let lapse its claim never sends.
+        """
         now = self._clock()
+        lease_now = self._lease_clock()
         attempt = job.attempts + 1
         result = self._store.transition(
             job.order.order_id,
@@ -219,8 +227,9 @@ class CancelSequence:
             reason=job.resend_reason or f"sending cancel-order (attempt {attempt})",
             details={"attempt": attempt, **job.resend_details},
             increment=("cancel_attempts",),
-            values={"claim_expires_at": now + self._lease},
+            values={"claim_expires_at": lease_now + self._lease},
             expect_owner=self._owner,
+            unexpired_at=lease_now,
         )
         if not result.applied:
             state = result.order.state.value if result.order else None
@@ -229,7 +238,7 @@ class CancelSequence:
             return False
         job.attempts = attempt
         job.state = OrderState.CANCELLING
-        job.lease_until = now + self._lease
+        job.lease_until = lease_now + self._lease
         return True
 
     def _check_stopping(self) -> None:
@@ -291,19 +300,25 @@ class CancelSequence:
                 self._sleep(delay)
 
     def _renew_lease(self, job: _Job, *, force: bool = False) -> None:
-        """Keep our claim alive across long retry sequences; lose it, and we stop working."""
-        now = self._clock()
-        fresh = job.lease_until is not None and job.lease_until - now > self._lease / 2
+        """Keep our claim alive across long retry sequences; lose it, and we stop working.
+
+        Renewed once a quarter of the lease is gone: the three quarters left cover one call (at
+        most half a lease, see `lease_for`) and one backoff wait (at most a quarter). A claim that
+        expired by the lease clock is lost even if nobody took it yet: from its expiry another
+        daemon may be taking it, so we never renew it, and leave the order to recovery.
+        """
+        now = self._lease_clock()
+        fresh = job.lease_until is not None and job.lease_until - now > self._lease * 3 / 4
         if fresh and not force:
             return
-        renewed = self._store.claim(
+        renewed = self._store.renew(
             job.order.order_id,
             job.state,
             owner=self._owner,
             expires_at=now + self._lease,
             now=now,
         )
-        if renewed is None or renewed.claim_owner != self._owner:
+        if renewed is None:
             raise _Abandon("claim lost")
         job.lease_until = renewed.claim_expires_at
 

@@ -4,14 +4,22 @@ APScheduler only triggers; `Daemon.run_pass` does the work and can be called dir
 it with a frozen clock). The ledger is the source of truth: no job per order in APScheduler's store.
 
 A pass, in order:
-1. recover `cancelling` orders whose claimant is gone (lease expired, or a dead process of this
+0. check that the SQLite ledger file is still the one opened (a deleted or replaced file ends the
+   daemon with status 1 instead of writing into a file nobody reads);
+1. sweep: orders still pending at their send time end final (`needs_attention` when a cancel
+   may have been sent, `cancel_refused` when none can have been), so nothing stays pending forever;
+2. recover `cancelling` orders whose claimant is gone (lease expired, or a dead process of this
    host): they are verified first, never resent blindly;
-2. refuse `cancel_requested` orders whose dispatch is now inside `refuse_before`;
-3. warn once per order about pending cancels inside `warn_before` (`cancel_at_risk`);
-4. dispatch: `scheduled` orders whose send time has passed become `dispatched`;
-5. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
+3. refuse `cancel_requested` orders whose dispatch is now inside `refuse_before`;
+4. warn once per order about pending cancels inside `warn_before` (`cancel_at_risk`);
+5. dispatch: `scheduled` orders whose send time has passed become `dispatched`;
+6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
+
+Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
+on hosts whose clocks disagree never take each other's live claims; business time (margins, send
+times, history) is the daemon's `clock`.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ import random
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -34,7 +45,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
 from scheduler.cancelling import CancelSequence
-from scheduler.client import IletiMerkeziClient
+from scheduler.client import DEFAULT_TIMEOUT_SECONDS, IletiMerkeziClient
 
 __all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
 
@@ -48,17 +59,32 @@ CLAIM_BATCH = 8
 RETRY_LATER = timedelta(seconds=5)
 #: How long `stop` lets in-flight sequences finish before leaving them to recovery.
 SHUTDOWN_GRACE_SECONDS = 5.0
+#: How often `serve` checks its stop signal and the scheduler's next run.
+SERVE_TICK_SECONDS = 0.2
+#: A next pass due this much beyond one interval away means the wall clock stepped back.
+CLOCK_STEP_TOLERANCE = timedelta(seconds=1)
+_PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
 
 
-def lease_for(timeout_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal.
+def lease_for(call_deadline_seconds: float) -> timedelta:
+    """How long a claim stays ours without renewal: twice the provider call deadline plus 5 s.
 
-    httpx applies its timeout per phase (pool, connect, write, read), so one call may last up to
-    four timeouts. The sequence renews the claim before each call once half the lease is gone, so
-    half the lease must cover one worst-case call: a live daemon's in-flight call is never taken
-    for a crashed one.
+    Every provider call ends within one overall deadline (`IletiMerkeziClient.call_deadline`,
+    config `api.timeout_seconds`), so half the lease covers one whole call with 2.5 s to spare.
+    The sequence renews the claim before each call once a quarter of the lease is gone, so what is
+    left covers that call and one backoff wait (at most a quarter lease): a live daemon's
+    in-flight call is never taken for a crashed one.
     """
-    return timedelta(seconds=8 * timeout_seconds + 5)
+    return timedelta(seconds=2 * call_deadline_seconds + 5)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of `path`, None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 #: Owner ids of the daemons alive in this process (tests and benchmarks run several).
@@ -93,6 +119,7 @@ def owner_is_gone(owner: str, me: str) -> bool:
 class PassReport:
     """What one pass did (counts of orders)."""
 
+    swept: int = 0
     recovered: int = 0
     refused: int = 0
     warned: int = 0
@@ -103,6 +130,7 @@ class PassReport:
     def counts(self) -> dict[str, int]:
         """The figures a log line about the pass carries."""
         return {
+            "swept": self.swept,
             "recovered": self.recovered,
             "refused": self.refused,
             "warned": self.warned,
@@ -121,12 +149,18 @@ class Daemon:
         client: IletiMerkeziClient,
         *,
         max_concurrent_cancels: int = 16,
-        lease: timedelta = timedelta(seconds=35),
+        lease: timedelta | None = None,
         owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        lease_clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
+        cancel_settle_seconds: float = 20.0,
     ) -> None:
+        """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
+        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`)."""
+        if lease is None:
+            lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
         self.ledger = ledger
         self.owner = owner or make_owner()
         _LIVE_OWNERS.add(self.owner)
@@ -134,6 +168,7 @@ class Daemon:
         self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
         self._clock = clock or ledger.now
+        self._lease_clock = lease_clock or self._store.lease_now
         self._max = max_concurrent_cancels
         self._lease = lease
         self._stopping = threading.Event()
@@ -141,7 +176,13 @@ class Daemon:
         self._inflight: set[str] = set()
         self._ready: deque[Order] = deque()
         self._workers = 0
+        #: Finished orders, kept only while a waited pass collects them (`_collecting` > 0).
         self._finished: list[Order] = []
+        self._collecting = 0
+        self._ledger_file = self._store.database_file
+        self._ledger_identity = _file_identity(self._ledger_file) if self._ledger_file else None
+        #: Set once the ledger file was found removed or replaced: the daemon must end.
+        self.ledger_lost = threading.Event()
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -149,17 +190,68 @@ class Daemon:
             lease=lease,
             stopping=self._stopping,
             clock=self._clock,
+            lease_clock=self._lease_clock,
             sleep=sleep,
             rng=rng,
+            settle_seconds=cancel_settle_seconds,
         )
 
     # -- one pass ------------------------------------------------------------------------------
 
     def run_pass(self, *, wait: bool = False) -> PassReport:
         """Do one pass; with `wait`, also wait until every cancel it started has ended."""
+        if not wait:
+            return self._pass()
+        with self._lock:
+            self._collecting += 1
+        try:
+            report = self._pass()
+            self.wait_idle()
+            report.finished = self._take_finished()
+        finally:
+            with self._lock:
+                self._collecting -= 1
+        return report
+
+    def run_once(self, deadline_seconds: float) -> PassReport:
+        """One pass for `run --once`, over within `deadline_seconds` whatever the provider does.
+
+        Cancels still running near the deadline are stopped (`stop`): an order in a backoff wait
+        is released where it stands (`cancel_requested`, or `cancelling` which the next run
+        verifies first); a call still in flight ends the process with it, and the next run on
+        this host recovers its claim at once (owner gone).
+        """
+        deadline = time.monotonic() + deadline_seconds
+        stop_at = deadline - min(SHUTDOWN_GRACE_SECONDS, deadline_seconds / 4)
+        with self._lock:
+            self._collecting += 1
+        try:
+            report = self._pass()
+            if not self.wait_idle(max(0.0, stop_at - time.monotonic())):
+                drained = self.stop(grace=max(0.0, deadline - time.monotonic()))
+                log.warning(
+                    "pass_once_deadline",
+                    deadline_seconds=deadline_seconds,
+                    in_flight_left=not drained,
+                )
+            report.finished = self._take_finished()
+        finally:
+            with self._lock:
+                self._collecting -= 1
+        return report
+
+    def _take_finished(self) -> list[Order]:
+        with self._lock:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def _pass(self) -> PassReport:
         report = PassReport()
+        if not self._ledger_file_intact():
+            return report
         now = self._clock()
-        report.recovered = self._recover(now)
+        report.swept = self._sweep(now)
+        report.recovered = self._recover()
         report.refused = self._batch(
             OrderState.CANCEL_REQUESTED,
             OrderState.CANCEL_REFUSED,
@@ -176,13 +268,46 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
-        if wait:
-            self.wait_idle()
-            with self._lock:
-                report.finished, self._finished = self._finished, []
-        if report.recovered or report.refused or report.warned or report.dispatched:
-            log.info("pass_done", **report.counts())
+        counts = report.counts()
+        if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
+            log.info("pass_done", **counts)
         return report
+
+    def _ledger_file_intact(self) -> bool:
+        """False (logged once, `ledger_lost` set) when the SQLite file was removed or replaced."""
+        if self._ledger_file is None:
+            return True
+        if self.ledger_lost.is_set():
+            return False
+        identity = _file_identity(self._ledger_file)
+        if identity == self._ledger_identity:
+            return True
+        event = "ledger_file_missing" if identity is None else "ledger_file_replaced"
+        log.error(event, path=str(self._ledger_file))
+        self.ledger_lost.set()
+        self._stopping.set()  # nothing more is written into a file nobody reads
+        return False
+
+    def _sweep(self, now: datetime) -> int:
+        """End every order still pending at its send time: nothing may stay pending forever.
+
+        Whatever left it there (credentials rejected during verification, a crashed sequence),
+        at its send time a cancel can no longer help: `cancelling` means one may have reached the
+        provider unverified, so a person must look; `cancel_requested` means none can have.
+        """
+        return self._batch(
+            OrderState.CANCELLING,
+            OrderState.NEEDS_ATTENTION,
+            due_by=now,
+            now=now,
+            reason="send time passed with the cancel unverified: one may have reached the provider",
+        ) + self._batch(
+            OrderState.CANCEL_REQUESTED,
+            OrderState.CANCEL_REFUSED,
+            due_by=now,
+            now=now,
+            reason="send time passed before a cancel could be sent",
+        )
 
     def _batch(
         self,
@@ -217,12 +342,13 @@ class Daemon:
                 )
         return warned
 
-    def _recover(self, now: datetime) -> int:
+    def _recover(self) -> int:
         """Take over work whose claimant is gone; `cancelling` orders are verified first.
 
         A claim is stale once its lease expired, or at once when its owner was a process of this
         host that no longer runs. A dead process's pre-check claims are simply released.
         """
+        now = self._lease_clock()
         for order in self._store.live_claims(OrderState.CANCEL_REQUESTED, now):
             owner = order.claim_owner
             if owner is not None and owner_is_gone(owner, self.owner):
@@ -281,7 +407,10 @@ class Daemon:
         if free > waiting:
             waiting += len(
                 self._store.claimable(
-                    OrderState.CANCEL_REQUESTED, now, limit=free - waiting, exclude=exclude
+                    OrderState.CANCEL_REQUESTED,
+                    self._lease_clock(),
+                    limit=free - waiting,
+                    exclude=exclude,
                 )
             )
         count = min(free, waiting)
@@ -304,8 +433,8 @@ class Daemon:
                 return None
             if self._ready:
                 return self._ready.popleft()
-            now = self._clock()
-            exclude = self._busy(now)
+            exclude = self._busy(self._clock())
+        now = self._lease_clock()
         claimed = self._store.claim_next(
             OrderState.CANCEL_REQUESTED,
             owner=self.owner,
@@ -337,10 +466,10 @@ class Daemon:
                     final = None
                 with self._lock:
                     self._inflight.discard(order.order_id)
-                    if final is not None:
-                        self._finished.append(final)
-                    else:
+                    if final is None:
                         self._cooldown[order.order_id] = self._clock() + RETRY_LATER
+                    elif self._collecting:  # only a waited pass asks; a service must not hoard
+                        self._finished.append(final)
         finally:
             with self._lock:
                 self._workers -= 1
@@ -372,15 +501,23 @@ class Daemon:
 
     # -- the long-running loop -----------------------------------------------------------------
 
-    def serve(self, poll_seconds: float) -> int:
-        """Run passes every `poll_seconds` until SIGTERM or SIGINT; return the exit status."""
-        stop = threading.Event()
+    def serve(self, poll_seconds: float, *, stop: threading.Event | None = None) -> int:
+        """Run passes every `poll_seconds` until SIGTERM or SIGINT (or `stop` is set).
+
+        Returns the exit status: 0, or 1 when the ledger file was removed or replaced. Signal
+        handlers are installed only on the main thread (tests serve on another one).
+        """
+        stop = stop or threading.Event()
 
         def _on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("daemon_stopping", signal=signal.Signals(signum).name)
             stop.set()
 
-        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {
+                sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+            }
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self._safe_pass,
@@ -390,19 +527,40 @@ class Daemon:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
-            id="smsledger-pass",
+            id=_PASS_JOB,
         )
         scheduler.start()
         try:
-            while not stop.wait(0.2):
-                pass
+            while not stop.wait(SERVE_TICK_SECONDS) and not self.ledger_lost.is_set():
+                self._keep_schedule(scheduler, poll_seconds)
         finally:
             scheduler.shutdown(wait=True)
             drained = self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("daemon_stopped", owner=self.owner, in_flight_left=not drained)
-        return 0
+        return 1 if self.ledger_lost.is_set() else 0
+
+    @staticmethod
+    def _keep_schedule(scheduler: Any, poll_seconds: float) -> None:
+        """Keep the next pass within `poll_seconds` of now, whatever the wall clock does.
+
+        APScheduler 3 times its interval trigger by the wall clock (`datetime.now`): after a step
+        back the next run is as far ahead as the step. A next run more than one interval ahead can
+        only mean that, so it is brought back to now, read from the same clock APScheduler reads.
+        A step forward costs nothing: one coalesced pass runs early.
+        """
+        job = scheduler.get_job(_PASS_JOB)
+        if job is None or job.next_run_time is None:
+            return
+        now = datetime.now(UTC)
+        ahead = job.next_run_time - now
+        if ahead > timedelta(seconds=poll_seconds) + CLOCK_STEP_TOLERANCE:
+            log.warning(
+                "wall_clock_stepped_back",
+                seconds=round((ahead - timedelta(seconds=poll_seconds)).total_seconds(), 3),
+            )
+            job.modify(next_run_time=now)
 
     def _safe_pass(self) -> None:
         try:
@@ -440,13 +598,14 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         lease=lease_for(config.api.timeout_seconds),
         owner=owner,
         clock=utcnow,
+        cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:
         if once:
-            report = daemon.run_pass(wait=True)
+            report = daemon.run_once(config.scheduler.once_deadline_seconds)
             log.info("pass_once_done", **report.counts())
-            return 0
+            return 1 if daemon.ledger_lost.is_set() else 0
         return daemon.serve(config.scheduler.poll_seconds)
     finally:
         client.close()

@@ -86,6 +86,8 @@ class HookedClient:
         self.before_cancel: list[Callable[[], None]] = []
         self.after_cancel: list[Callable[[], None]] = []
         self.after_report: list[Callable[[Report], None]] = []
+        #: cancel-order of these order ids waits until the event is set (a call that hangs).
+        self.holds: dict[str, threading.Event] = {}
         self.cancel_calls = 0
         self.report_calls = 0
 
@@ -100,6 +102,9 @@ class HookedClient:
         self.cancel_calls += 1
         for before in self.before_cancel:
             before()
+        hold = self.holds.get(order_id)
+        if hold is not None:
+            hold.wait(timeout=60)
         try:
             return self._client.cancel_order(order_id)
         finally:

@@ -1,4 +1,5 @@
-"""Three daemon processes share one PostgreSQL ledger; one is killed with SIGKILL mid-run.
+"""Daemons share one PostgreSQL ledger: three processes, one killed with SIGKILL mid-run; and two
+whose host clocks disagree by more than a lease.
 
 The daemons stand for three hosts: each runs with a claim owner naming a host other than this one,
 so the survivors cannot see the dead process's pid and must wait for its lease, as daemons on
@@ -12,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,7 +27,8 @@ import sqlalchemy as sa
 from postgres import fresh_schema, require_postgres
 
 from ledger import FINAL_STATES, Ledger, Order, OrderState
-from scheduler.daemon import lease_for
+from scheduler.client import IletiMerkeziClient
+from scheduler.daemon import Daemon, lease_for
 from scheduler.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -246,3 +249,71 @@ def cancelled_by(log: list[dict[str, Any]]) -> set[str]:
         for e in log
         if e["event"] == "order_state_changed" and e["to_state"] == OrderState.CANCELLED.value
     }
+
+
+def test_two_daemons_whose_clocks_are_30_s_apart_send_each_cancel_once(ledger_url: str) -> None:
+    """Claims are timed by the database's clock: a daemon whose host clock runs 30 s ahead (more
+    than a lease) never takes the other's live claims, so every order gets one accepted cancel.
+
+    Each cancel-order takes 0.9 s (the timeout is 1 s), so the other daemon would find orders
+    `cancelling` with the cancel still on its way, verify them pending and send a second one.
+    """
+    count = 40
+    skew = timedelta(seconds=30)
+    assert skew > LEASE
+    slow_cancels = Faults(latency=0.9, endpoints=frozenset({"cancel-order"}))
+    with ExitStack() as stack:
+        sandbox = stack.enter_context(Sandbox(faults=slow_cancels))
+        ledgers = [
+            stack.enter_context(Ledger(ledger_url)),
+            stack.enter_context(Ledger(ledger_url, clock=lambda: datetime.now(UTC) + skew)),
+        ]
+        now = datetime.now(UTC)
+        orders = [(f"skew{n:04d}", now + timedelta(minutes=40, seconds=n)) for n in range(count)]
+        ledgers[0].register_many(orders)
+        for order_id, send_at in orders:
+            sandbox.add_order(order_id, send_at)
+            ledgers[0].request_cancel(order_id)
+        daemons = []
+        for n, ledger in enumerate(ledgers):
+            client = IletiMerkeziClient(
+                sandbox.url, DEFAULT_KEY, DEFAULT_HASH, timeout=TIMEOUT_SECONDS
+            )
+            stack.callback(client.close)
+            daemon = Daemon(
+                ledger,
+                client,
+                max_concurrent_cancels=WORKERS,
+                lease=LEASE,
+                owner=f"host-{n}.example:{4000 + n}:skew",
+            )
+            stack.callback(daemon.stop)
+            daemons.append(daemon)
+        ids = [order_id for order_id, _ in orders]
+        # Passes every 0.1 s as `serve` runs them, so recovery runs while cancels are in flight.
+        done = threading.Event()
+
+        def serve(daemon: Daemon) -> None:
+            while not done.wait(0.1):
+                daemon.run_pass()
+
+        threads = [threading.Thread(target=serve, args=(d,), daemon=True) for d in daemons]
+        threads[0].start()
+        try:
+            # The daemon ahead joins while the first one's cancels are on their way.
+            wait_until(
+                lambda: ledgers[0].orders([OrderState.CANCELLING]), "a cancel on its way", 30
+            )
+            threads[1].start()
+            wait_until(lambda: final_count(ledgers[0]) == count, "every order final")
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join(10)
+        assert {o.state for o in ledgers[0].orders()} == {OrderState.CANCELLED}
+
+    truth = sandbox.truth()["orders"]
+    accepted = Counter(truth[oid]["cancels_accepted"] for oid in ids)
+    calls = Counter(truth[oid]["cancel_calls"] for oid in ids)
+    assert accepted == {1: count}, (accepted, calls)
+    assert calls == {1: count}, calls

@@ -2,7 +2,7 @@
 
 The provider is an in-process sandbox on the real clock (so the test reads its truth directly);
 each test's `smsledger.toml` names a ledger and a JSON-lines log in the test's folder, a 1 s API
-timeout (so a claim's lease is `lease_for(1)` = 13 s) and 0.2 s between passes. Every process a test
+timeout (so a claim's lease is `lease_for(1)` = 7 s) and 0.2 s between passes. Every process a test
 starts is killed in teardown, and every wait has a deadline.
 """
 
@@ -497,6 +497,56 @@ def test_run_once_does_every_step_of_a_pass_and_waits_for_its_cancels(
     stored = [path.read_bytes() for path in work.path.glob("ledger.db*")]
     assert stored
     assert not [data for data in stored if KEY.encode() in data or HASH.encode() in data]
+
+
+def test_run_once_against_a_failing_provider_returns_by_its_deadline_and_leaves_the_rest(
+    tmp_path: Path, make_sandbox: Callable[..., Sandbox], ledgers: Callable[..., Ledger]
+) -> None:
+    """Every call answers 503 and the order's margin is 40 minutes away: `run --once` still
+    returns within `once_deadline_seconds`, the order free for the next run, which finishes it."""
+    sandbox = make_sandbox(Faults(error_rate=1.0))
+    work = Work(tmp_path, sandbox)
+    config = work.write_config()
+    config.write_text(
+        config.read_text().replace(
+            "max_concurrent_cancels = 16", "max_concurrent_cancels = 16\nonce_deadline_seconds = 3"
+        )
+    )
+    ledger = ledgers(work.url)
+    [oid] = cancel_requested(ledger, sandbox, 1)
+
+    done = run_command(work, "--config", str(work.config), "run", "--once", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    left = ledger.get(oid)
+    assert left.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
+    assert left.claim_owner is None
+    assert [line for line in work.log_lines() if line["event"] == "pass_once_deadline"]
+
+    sandbox.set_faults(Faults())
+    again = run_command(work, "--config", str(work.config), "run", "--once", timeout=30)
+
+    assert again.returncode == 0, again.stderr
+    assert ledger.get(oid).state is OrderState.CANCELLED
+    assert sandbox.truth()["orders"][oid]["cancels_accepted"] == 1
+
+
+def test_a_daemon_whose_ledger_file_is_deleted_exits_non_zero(
+    tmp_path: Path, make_sandbox: Callable[..., Sandbox], procs: Processes
+) -> None:
+    work = Work(tmp_path, make_sandbox())
+    work.write_config()
+    daemon = procs.start("--config", str(work.config), "run")
+    wait_for(
+        lambda: any(line["event"] == "daemon_started" for line in work.log_lines()),
+        timeout=20,
+        what="the daemon to start",
+    )
+
+    (tmp_path / "ledger.db").unlink()
+
+    assert daemon.wait(timeout=15) == 1
+    assert [line for line in work.log_lines() if line["event"] == "ledger_file_missing"]
 
 
 def test_run_without_credentials_exits_2_with_one_line(

@@ -10,6 +10,7 @@ import itertools
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from helpers import (
 )
 from structlog.testing import capture_logs
 
-from ledger import Ledger, Order, OrderState
+from ledger import Ledger, Order, OrderState, utcnow
 from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon, make_owner
 from scheduler.errors import ProviderTransientError
@@ -117,6 +118,7 @@ def make_daemon(
         kwargs.setdefault("sleep", clock.advance)
         kwargs.setdefault("rng", random.Random(0))
         kwargs.setdefault("lease", LEASE)
+        kwargs.setdefault("lease_clock", clock)
         daemon = Daemon(kwargs.pop("ledger", ledger), kwargs.pop("client", client), **kwargs)
         daemons.append(daemon)
         return daemon
@@ -366,7 +368,9 @@ def test_verification_finding_the_order_sending_or_sent_is_too_late(
     sandbox.set_faults(Faults(fail_next={"cancel-order": 1}))
     hooked = HookedClient(client)
     hooked.after_cancel.append(lambda: clock.advance(advance.total_seconds()))
-    daemon = make_daemon(client=hooked)
+    # The jump moves business time (the provider's queue); claims keep the host's clock, else a
+    # call lasting minutes would (rightly) lose its claim.
+    daemon = make_daemon(client=hooked, lease_clock=utcnow)
 
     run_pass_within(daemon, PASS_TIMEOUT)
 
@@ -409,7 +413,7 @@ def test_still_pending_when_the_refuse_margin_has_closed_ends_by_what_the_cancel
     hooked.after_cancel.append(lambda: clock.advance(6 * 60))
     if cancel_outcome == "answer lost":
         hooked.after_cancel.append(_lose_the_answer)
-    daemon = make_daemon(client=hooked)
+    daemon = make_daemon(client=hooked, lease_clock=utcnow)  # claims on the host's clock
 
     run_pass_within(daemon, PASS_TIMEOUT)
 
@@ -1070,6 +1074,168 @@ def test_rejected_credentials_end_the_pass_after_one_try(
 
     assert ledger.get(oid).state is OrderState.CANCEL_REQUESTED
     assert sandbox.truth()["totals"]["get-report"]["requests"] == 1
+
+
+# -- fenced claims, the send-time sweep, stuck calls, finished orders ---------------------------
+
+
+def test_a_worker_whose_claim_lapsed_during_the_precheck_sends_no_cancel(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    """Recording `cancelling` is fenced: a claim that expired (by the lease clock) during the
+    pre-check is lost even though nobody took it yet; the order is left for a fresh claim."""
+    oid = order().order_id
+    hooked = HookedClient(client)
+    lapse = [LEASE.total_seconds() + 1]
+    hooked.after_report.append(lambda _report: clock.advance(lapse.pop()) if lapse else None)
+    daemon = make_daemon(client=hooked)
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    # The lapsed worker gave up before any cancel; a fresh claim did the work, once.
+    [lost] = events_named(logs, "cancel_claim_lost")
+    assert lost["state"] == "cancel_requested"
+    final = ledger.get(oid)
+    assert (final.state, final.cancel_attempts) == (OrderState.CANCELLED, 1)
+    truth = truth_of(sandbox, oid)
+    assert (truth["report_calls"], truth["cancel_calls"], truth["cancels_accepted"]) == (3, 1, 1)
+
+
+def test_an_expired_claim_is_never_renewed_even_by_its_owner(
+    ledger: Ledger, order: Callable[..., Order], clock: FakeClock
+) -> None:
+    oid = order().order_id
+    store = ledger.store
+    now = clock.now()
+    assert store.claim(
+        oid, OrderState.CANCEL_REQUESTED, owner="w1", expires_at=now + LEASE, now=now
+    )
+    later = now + LEASE / 2
+    renewed = store.renew(
+        oid, OrderState.CANCEL_REQUESTED, owner="w1", expires_at=later + LEASE, now=later
+    )
+    assert renewed is not None and renewed.claim_expires_at == later + LEASE
+    expired = later + LEASE
+    lost = store.renew(
+        oid, OrderState.CANCEL_REQUESTED, owner="w1", expires_at=expired + LEASE, now=expired
+    )
+    assert lost is None
+    assert (
+        store.renew(oid, OrderState.CANCEL_REQUESTED, owner="w2", expires_at=now + LEASE, now=now)
+        is None
+    )
+
+
+def test_rejected_credentials_during_verification_end_needs_attention_at_the_send_time(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_client: Callable[..., IletiMerkeziClient],
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    placed = order()
+    oid = placed.order_id
+    hooked = HookedClient(client)
+    wrong = make_client(sandbox, key="wrong-key")
+
+    def credentials_revoked() -> None:
+        hooked._client = wrong  # every read after the cancel answers 401
+
+    hooked.after_cancel.append(credentials_revoked)
+    daemon = make_daemon(client=hooked)
+
+    run_pass_within(daemon, PASS_TIMEOUT)
+    assert ledger.get(oid).state is OrderState.CANCELLING  # unverifiable, left for later
+
+    clock.set(placed.send_at + timedelta(seconds=1))
+    with capture_logs():
+        run_pass_within(daemon, PASS_TIMEOUT)
+
+    final = ledger.get(oid)
+    assert final.state is OrderState.NEEDS_ATTENTION
+    assert final.reason == (
+        "send time passed with the cancel unverified: one may have reached the provider"
+    )
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+def test_a_crashed_sequence_ends_needs_attention_at_the_send_time(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+    clock: FakeClock,
+) -> None:
+    placed = order()
+    oid = placed.order_id
+    hooked = HookedClient(client)
+
+    def bug(_report: object) -> None:
+        if hooked.cancel_calls:
+            raise RuntimeError("a bug in verification")
+
+    hooked.after_report.append(bug)
+    daemon = make_daemon(client=hooked)
+
+    with capture_logs() as logs:
+        run_pass_within(daemon, PASS_TIMEOUT)
+    assert events_named(logs, "cancel_sequence_crashed")
+    assert ledger.get(oid).state is OrderState.CANCELLING
+
+    clock.set(placed.send_at)
+    run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert ledger.get(oid).state is OrderState.NEEDS_ATTENTION
+    assert truth_of(sandbox, oid)["cancel_calls"] == 1
+
+
+def test_a_call_that_hangs_holds_one_worker_while_the_other_orders_are_cancelled(
+    ledger: Ledger,
+    sandbox: Sandbox,
+    client: IletiMerkeziClient,
+    make_daemon: Callable[..., Daemon],
+    order: Callable[..., Order],
+) -> None:
+    ids = [order().order_id for _ in range(6)]
+    hooked = HookedClient(client)
+    hooked.holds[ids[0]] = release = threading.Event()
+    daemon = make_daemon(client=hooked, max_concurrent_cancels=3)
+    try:
+        daemon.run_pass()
+        wait_for(
+            lambda: all(ledger.get(oid).state is OrderState.CANCELLED for oid in ids[1:]),
+            timeout=PASS_TIMEOUT,
+            what="the other orders cancelled",
+        )
+        assert ledger.get(ids[0]).state is OrderState.CANCELLING
+    finally:
+        release.set()
+    assert daemon.wait_idle(PASS_TIMEOUT)
+    assert ledger.get(ids[0]).state is OrderState.CANCELLED
+
+
+def test_a_service_daemon_keeps_no_finished_order_for_a_pass_that_did_not_ask(
+    ledger: Ledger, daemon: Daemon, order: Callable[..., Order]
+) -> None:
+    ids = [order().order_id for _ in range(3)]
+    daemon.run_pass()  # as `serve` does: nobody waits for these
+    assert daemon.wait_idle(PASS_TIMEOUT)
+    assert {ledger.get(oid).state for oid in ids} == {OrderState.CANCELLED}
+
+    report = run_pass_within(daemon, PASS_TIMEOUT)
+
+    assert report.finished == []
+    later = order().order_id
+    assert [o.order_id for o in run_pass_within(daemon, PASS_TIMEOUT).finished] == [later]
 
 
 # -- claims of daemons alive in this process or dead on this host -----------------------------

@@ -36,6 +36,8 @@ timeout_seconds = 4
 
 [scheduler]
 poll_seconds = 0.5
+cancel_settle_seconds = 7.5
+once_deadline_seconds = 30
 max_concurrent_cancels = 4
 
 [log]
@@ -91,7 +93,7 @@ def test_every_key_of_the_documented_example_is_read(write_config: Callable[[str
     assert config.windows == WindowsConfig(1200.0, 240.5)
     assert config.windows.refuse_before == timedelta(seconds=240.5)
     assert config.api == ApiConfig("https://sandbox.example.test", KEY, HASH, 4.0)
-    assert config.scheduler == SchedulerConfig(0.5, 4)
+    assert config.scheduler == SchedulerConfig(0.5, 4, 7.5, 30.0)
     assert config.log == LogConfig("/var/log/smsledger/ledger.jsonl", "debug")
 
 
@@ -189,6 +191,14 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(
             "[scheduler]\nmax_concurrent_cancels = 0",
             "scheduler.max_concurrent_cancels.* must be at least 1",
         ),
+        (
+            "[scheduler]\ncancel_settle_seconds = -1",
+            "scheduler.cancel_settle_seconds.* must not be negative",
+        ),
+        (
+            "[scheduler]\nonce_deadline_seconds = 0",
+            "scheduler.once_deadline_seconds.* must be positive",
+        ),
         ("[log]\nlevel = 'verbose'", "log.level.* must be one of debug, info, warning, error"),
         (
             "[ledger]\nsynchronous = 'sometimes'",
@@ -207,6 +217,8 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(
         "url-scheme",
         "zero-poll",
         "no-concurrency",
+        "negative-settle",
+        "zero-once-deadline",
         "bad-level",
         "bad-synchronous",
         "negative-busy-timeout",
