@@ -651,3 +651,26 @@ def test_a_provider_refusal_is_exit_1_in_one_line(provider: Path, book: Ledger) 
     assert result.out == ""
     assert_one_error_line(result, "send-sms answered 460")
     assert book.orders() == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_log_neither_fails_a_cancel_nor_stops_the_daemon(
+    provider: Path, sandbox: Any, book: Ledger
+) -> None:
+    config = provider / "smsledger.toml"
+    config.write_text(config.read_text().replace('path = "log.jsonl"', 'path = "/dev/full"'))
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    book.register("700001", send_at)
+    sandbox.add_order("700001", send_at)
+    notice = "smsledger: cannot write the log /dev/full: No space left on device; carrying on"
+
+    cancel = run(provider, "cancel", "700001")
+    assert cancel.code == 0, cancel.err
+    assert cancel.err.startswith(notice) and len(cancel.err_lines) == 1, cancel.err
+    assert book.get("700001").state is OrderState.CANCEL_REQUESTED
+
+    daemon = run(provider, "run", "--once")
+    assert daemon.code == 0, daemon.err
+    assert daemon.err.startswith(notice) and len(daemon.err_lines) == 1, daemon.err
+    assert book.get("700001").state is OrderState.CANCELLED
+    assert sandbox.truth()["orders"]["700001"]["cancels_accepted"] == 1
