@@ -27,11 +27,12 @@ import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
+from ledger._urls import UNPARSABLE, display_url
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable
 from ledger.models import Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
 
-__all__ = ["ConcurrentRegistration", "Store", "TransitionResult"]
+__all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -128,14 +129,6 @@ def _datetime_to_db(dialect: Dialect) -> Any:
     return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
 
-def display_url(url: str) -> str:
-    """The URL with any password hidden, for messages and logs."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable database URL>"
-
-
 def _enable_wal(cursor: Any, busy_timeout: float) -> None:
     """Switch a SQLite database to WAL, waiting for other processes doing the same.
 
@@ -162,7 +155,11 @@ class Store:
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
-            raise LedgerUnavailable(f"ledger URL {url!r} is not a database URL") from None
+            shown = display_url(url)
+            raise LedgerUnavailable(
+                f"ledger URL {'' if shown == UNPARSABLE else shown + ' '}is not a database URL "
+                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+            ) from None
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":

@@ -674,3 +674,27 @@ def test_a_full_log_neither_fails_a_cancel_nor_stops_the_daemon(
     assert daemon.err.startswith(notice) and len(daemon.err_lines) == 1, daemon.err
     assert book.get("700001").state is OrderState.CANCELLED
     assert sandbox.truth()["orders"]["700001"]["cancels_accepted"] == 1
+
+
+def test_secrets_in_the_ledger_urls_query_are_neither_printed_nor_logged(
+    provider: Path, sandbox: Any
+) -> None:
+    config = provider / "smsledger.toml"
+    secret_query = "?password=pw-q-5521&api_key=ak-q-7734&sslmode=require"
+    config.write_text(
+        config.read_text().replace('"sqlite:///ledger.db"', f'"sqlite:///ledger.db{secret_query}"')
+    )
+
+    check = run(provider, "check")
+    daemon = run(provider, "run", "--once")
+
+    assert check.code == 0, check.err
+    shown = f"sqlite:///{provider / 'ledger.db'}?password=***&api_key=***&sslmode=require"
+    assert f"ledger    ok    {shown}" in check.out
+    assert daemon.code == 0, daemon.err
+    log = (provider / "log.jsonl").read_text()
+    [started] = [json.loads(x) for x in log.splitlines() if '"daemon_started"' in x]
+    assert started["config"]["ledger"]["url"] == shown
+    for text in (check.out, check.err, daemon.out, daemon.err, log):
+        assert "pw-q-5521" not in text
+        assert "ak-q-7734" not in text
