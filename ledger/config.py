@@ -8,6 +8,7 @@ file's credentials. Unknown keys and wrong types are errors naming the key, beca
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -230,6 +231,8 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], where: str
         kwargs[key] = _check_type(f"{name}.{key}", value, expected, where)
         if isinstance(default, float):
             kwargs[key] = float(value)
+            if not math.isfinite(kwargs[key]):  # TOML has nan and inf; no duration is either
+                raise ConfigError(f"{name}.{key}{where} must be a finite number, got {value!r}")
     return cls(**kwargs)
 
 

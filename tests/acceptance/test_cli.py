@@ -698,3 +698,13 @@ def test_secrets_in_the_ledger_urls_query_are_neither_printed_nor_logged(
     for text in (check.out, check.err, daemon.out, daemon.err, log):
         assert "pw-q-5521" not in text
         assert "ak-q-7734" not in text
+
+
+def test_nan_or_infinity_in_a_numeric_config_key_is_exit_2_naming_the_key(work: Path) -> None:
+    config = work / "smsledger.toml"
+    config.write_text(config.read_text() + "[scheduler]\npoll_seconds = nan\n")
+
+    result = run(work, "check")
+
+    assert result.code == 2
+    assert_one_error_line(result, "scheduler.poll_seconds", "must be a finite number, got nan")
