@@ -58,11 +58,13 @@ from ledger import (
     load_config,
     utcnow,
 )
-from ledger.api import LABEL_MAX
+from ledger.api import check_label
 from ledger.config import ENV_HASH, ENV_KEY, find_config_path
 from ledger.margins import Window, window
 from ledger.store import display_url
 from scheduler._cliformat import (
+    escape,
+    escape_json,
     event_json,
     history_table,
     order_json,
@@ -156,7 +158,8 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 
 def _error(message: str) -> None:
-    print(f"smsledger: error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr; the message may quote the provider or the ledger, so it is escaped."""
+    print(f"smsledger: error: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def _out(lines: Sequence[str] | str) -> None:
@@ -244,8 +247,10 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
     iys = args.iys == "1"
     if not iys and args.iys_list is not None:
         raise UsageError("--iys-list applies only to commercial messages (--iys 1)")
-    if args.label is not None and len(args.label) > LABEL_MAX:
-        raise UsageError(f"--label is {len(args.label)} characters long; at most {LABEL_MAX}")
+    try:  # the ledger would refuse it too, but only after the provider created the order
+        check_label(args.label)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
     _require_credentials(config)
     try:  # the client would refuse it too, but only after the ledger is opened
         format_send_datetime(send_at, config.zone, utcnow())
@@ -271,7 +276,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
             ) from exc
         order_id = result.order_id
         # The id goes out before the ledger write, so a failed write can never lose it.
-        print(order_id, flush=True)
+        print(escape(order_id), flush=True)
         log.info(
             "send_accepted",
             order_id=order_id,
@@ -296,7 +301,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
             return EXIT_FAILED
         now = ledger.now()
     print(
-        f"registered order {order.order_id}: sends {format_countdown(order.send_at, now)}",
+        f"registered order {escape(order.order_id)}: sends {format_countdown(order.send_at, now)}",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -322,7 +327,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: _Context) -> int:
             where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
             if under_way and where is Window.WARN:
                 print(
-                    f"warning: order {order.order_id} dispatches "
+                    f"warning: order {escape(order.order_id)} dispatches "
                     f"{format_countdown(order.send_at, now)}; the cancel may come too late",
                     file=sys.stderr,
                 )
@@ -469,7 +474,10 @@ class _LogPrinter:
             return
         if batch and not self.raw:
             self.formatter.fit([record for _, record in picked])
-        out = [line if self.raw else self.formatter.format(record) for line, record in picked]
+        out = [
+            escape_json(line) if self.raw else self.formatter.format(record)
+            for line, record in picked
+        ]
         self.shown += len(out)
         _out(out)
 
@@ -514,7 +522,12 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
         except ProviderError as exc:
             fail("provider", EXIT_FAILED, str(exc))
     width = max(len(name) for name, _, _ in lines)
-    _out([f"{name.ljust(width)}  {status.ljust(4)}  {detail}" for name, status, detail in lines])
+    _out(
+        [
+            f"{name.ljust(width)}  {status.ljust(4)}  {escape(detail)}"
+            for name, status, detail in lines
+        ]
+    )
     for name, status, detail in lines:
         if status == "FAIL":
             _error(f"{name}: {detail}")

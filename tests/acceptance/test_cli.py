@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -340,6 +341,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(work: Path, book: Ledg
         (["--config", "missing.toml", "list"], ("missing.toml does not exist",)),
         (["--config", "broken.toml", "list"], ("broken.toml is not valid TOML",)),
         (["--config", "typo.toml", "list"], ("windows.refuse_befor_seconds",)),
+        (
+            ["register", "2", "--send-at", "2030-01-01T10:00", "--label", "ok\n1  cancelled"],
+            ("control character U+000A",),
+        ),
+        (
+            ["register", "2", "--send-at", "2030-01-01T10:00", "--label", "\x1b[31mred"],
+            ("control character U+001B",),
+        ),
         (
             ["send", "--sender", "ACME", "--to", "905551112233", "--text", "hi",
              "--at", at(timedelta(hours=1))],
@@ -708,3 +717,27 @@ def test_nan_or_infinity_in_a_numeric_config_key_is_exit_2_naming_the_key(work: 
 
     assert result.code == 2
     assert_one_error_line(result, "scheduler.poll_seconds", "must be a finite number, got nan")
+
+
+def test_control_characters_an_older_version_stored_are_printed_escaped(
+    work: Path, book: Ledger
+) -> None:
+    book.register("41", datetime(2030, 1, 1, 7, 0, tzinfo=UTC), "x")
+    hostile = "promo\n42        cancelled\x1b[2J\u202e"
+    with sqlite3.connect(work / "ledger.db") as db:  # as a version without the check wrote it
+        db.execute("UPDATE orders SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07"))
+        db.execute("UPDATE order_events SET reason = ?", ("bad\nreason",))
+    shown = "promo\\n42        cancelled\\x1b[2J\\u202e"
+
+    listed, status, history, as_json = run_all(
+        work, ["list"], ["status", "41"], ["history", "41"], ["list", "--json"]
+    )
+
+    for result in (listed, status, history, as_json):
+        assert result.code == 0, result.err
+        assert "\x1b" not in result.out and "\u202e" not in result.out
+    assert len(listed.out.splitlines()) == 2
+    assert shown in listed.out and shown in status.out
+    assert "said \\x1b]0;t\\x07" in status.out
+    assert len(history.out.splitlines()) == 2 and "bad\\nreason" in history.out
+    assert as_json.json()[0]["label"] == hostile

@@ -541,6 +541,36 @@ BAD_CALLS = [
         id="label-too-long",
     ),
     pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="two\nlines"),
+        InvalidInput,
+        "label contains the control character U\\+000A at position 4",
+        id="label-newline",
+    ),
+    pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="\x1b[31mred"),
+        InvalidInput,
+        "label contains the control character U\\+001B at position 1",
+        id="label-escape-sequence",
+    ),
+    pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="abc\u202e"),
+        InvalidInput,
+        "U\\+202E",
+        id="label-bidi-override",
+    ),
+    pytest.param(
+        lambda lg: lg.register_many([("n1", _far(lg)), ("n2", _far(lg), "a\x9bb")]),
+        InvalidInput,
+        "order n2: label contains the control character U\\+009B",
+        id="batch-label-c1-control",
+    ),
+    pytest.param(
+        lambda lg: lg.register_many([("n1", _far(lg))], label="\u2028"),
+        InvalidInput,
+        "U\\+2028",
+        id="batch-default-label-line-separator",
+    ),
+    pytest.param(
         lambda lg: lg.request_cancel("unknown"),
         OrderNotFound,
         "order unknown is not in the ledger",
