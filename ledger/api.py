@@ -14,13 +14,14 @@ from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
     CancelRefused,
     InvalidInput,
+    NoLedger,
     OrderNotFound,
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
 from ledger.margins import Window, window
 from ledger.models import ORDER_ID_MAX, Event, Order
-from ledger.schema import upgrade
+from ledger.schema import current_revision, upgrade
 from ledger.states import OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
 
@@ -94,7 +95,9 @@ class Ledger:
     `url` is a SQLAlchemy URL: ``sqlite:///path`` (the embedded default) or
     ``postgresql+psycopg://user@host/db`` for a ledger shared by daemons on several hosts. Opening
     brings the schema to the newest revision (see `ledger.schema`) or raises `SchemaTooNew`;
-    ``create=False`` skips that for a ledger known to be current.
+    ``create=False`` skips that for a ledger known to be current. ``must_exist=True`` (what the
+    command's reading commands use) raises `NoLedger` instead of creating a ledger where there
+    is none: no SQLite file is made, and an empty database is not given the schema.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Ledger:
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
+        must_exist: bool = False,
     ) -> None:
         if refuse_before < timedelta(0):
             raise InvalidInput("refuse_before must not be negative")
@@ -118,13 +122,26 @@ class Ledger:
         self.warn_before = warn_before
         self.refuse_before = refuse_before
         self._clock = clock
-        self.store = Store(url, synchronous=synchronous, busy_timeout=busy_timeout)
-        if create:
-            try:
+        self.store = Store(
+            url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+        )
+        try:
+            if must_exist:
+                self._require_ledger()
+            if create:
                 upgrade(self.store)
-            except BaseException:
-                self.store.dispose()
-                raise
+        except BaseException:
+            self.store.dispose()
+            raise
+
+    def _require_ledger(self) -> None:
+        with self.store.read() as conn:
+            found = current_revision(conn)
+        if found is None:
+            raise NoLedger(
+                f"no ledger exists at {display_url(self.store.url)} (the database holds no "
+                "ledger tables); check ledger.url, or create one with 'smsledger migrate'"
+            )
 
     @classmethod
     def from_config(
@@ -133,6 +150,7 @@ class Ledger:
         *,
         setup_logging: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        must_exist: bool = False,
     ) -> Ledger:
         """Open the ledger a config file describes, and set up logging from its ``[log]``."""
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
@@ -145,6 +163,7 @@ class Ledger:
             synchronous=config.ledger.synchronous,
             busy_timeout=config.ledger.busy_timeout_seconds,
             clock=clock,
+            must_exist=must_exist,
         )
 
     def now(self) -> datetime:

@@ -13,7 +13,8 @@ code  meaning
 0     done
 1     the request was refused or ended badly: a cancel refused, too late, not found at the
       provider, needing attention, dispatched, or not final when ``cancel --wait`` ran out; a
-      provider error; the ledger unreachable; a sent order the ledger could not record
+      provider error; the ledger unreachable, damaged, or (for status, list, history, check and
+      cancel, which never create one) not there; a sent order the ledger could not record
 2     usage, input or config error: a bad flag, time or state, an unknown order id, a config
       file that is missing, unreadable or wrong, missing API credentials
 130   interrupted (Ctrl-C)
@@ -113,7 +114,8 @@ $ILETIMERKEZI_API_KEY / $ILETIMERKEZI_API_HASH override the file's credentials.
 exit codes:
   0    done
   1    refused or ended badly (cancel refused, too late, not found, needs attention,
-       dispatched, not final after --wait; provider error; ledger unreachable)
+       dispatched, not final after --wait; provider error; ledger unreachable
+       or damaged; no ledger yet for status, list, history, check, cancel)
   2    usage, input or config error (bad flag, time or state; unknown order id;
        config missing or wrong; missing credentials)
   130  interrupted
@@ -196,8 +198,10 @@ def _load(args: argparse.Namespace) -> _Context:
     return _Context(config)
 
 
-def _open_ledger(ctx: _Context) -> Ledger:
-    return Ledger.from_config(ctx.config, setup_logging=False)
+def _open_ledger(ctx: _Context, *, must_exist: bool = False) -> Ledger:
+    """The config's ledger; `must_exist` for commands that only read or change existing orders,
+    which must say that there is no ledger rather than create an empty one and answer from it."""
+    return Ledger.from_config(ctx.config, setup_logging=False, must_exist=must_exist)
 
 
 def _when(text: str, option: str, ctx: _Context) -> datetime:
@@ -310,7 +314,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_cancel(args: argparse.Namespace, ctx: _Context) -> int:
     zone = ctx.config.zone
     code = EXIT_OK
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         asked: list[Order] = []
         for order_id in args.order_ids:
             try:
@@ -364,7 +368,7 @@ def _wait_final(ledger: Ledger, orders: list[Order], seconds: float) -> list[Ord
 
 
 def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         order = ledger.get(args.order_id)
         now = ledger.now()
     _out(to_json(order_json(order)) if args.json else status_lines(order, ctx.config.zone, now))
@@ -381,7 +385,7 @@ def _cmd_list(args: argparse.Namespace, ctx: _Context) -> int:
             raise UsageError(
                 f"--state: unknown state {args.state!r}; states are: {known}"
             ) from None
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         orders = ledger.orders(state)
         now = ledger.now()
     if args.json:
@@ -394,7 +398,7 @@ def _cmd_list(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 def _cmd_history(args: argparse.Namespace, ctx: _Context) -> int:
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         events = ledger.history(args.order_id)
     if args.json:
         _out(to_json([event_json(event) for event in events]))
@@ -499,7 +503,7 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
         lines.append((name, "FAIL", message))
 
     try:
-        with _open_ledger(ctx) as ledger:
+        with _open_ledger(ctx, must_exist=True) as ledger:
             ledger.orders(limit=1)
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
     except LedgerError as exc:

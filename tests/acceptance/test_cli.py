@@ -387,7 +387,7 @@ def test_an_unreachable_ledger_is_exit_1_and_debug_adds_the_traceback(work: Path
     )
     plain, debug = run_all(work, ["list"], ["--debug", "list"])
     assert plain.code == 1
-    assert_one_error_line(plain, "ledger sqlite:////nonexistent/dir/x.db is unavailable")
+    assert_one_error_line(plain, "no ledger exists at /nonexistent/dir/x.db")
     assert debug.code == 1
     assert "Traceback (most recent call last)" in debug.err
     assert debug.err_lines[-1] == plain.err_lines[0]
@@ -571,7 +571,7 @@ def provider(work: Path, sandbox: Any) -> Path:
     return work
 
 
-def test_check_reports_config_ledger_and_balance(provider: Path) -> None:
+def test_check_reports_config_ledger_and_balance(provider: Path, book: Ledger) -> None:
     ok = run(provider, "check")
     rejected = run(provider, "check", env=clean_env(ILETIMERKEZI_API_KEY="wrong"))
     assert ok.code == 0, ok.err
@@ -694,9 +694,11 @@ def test_secrets_in_the_ledger_urls_query_are_neither_printed_nor_logged(
         config.read_text().replace('"sqlite:///ledger.db"', f'"sqlite:///ledger.db{secret_query}"')
     )
 
+    migrate = run(provider, "migrate")
     check = run(provider, "check")
     daemon = run(provider, "run", "--once")
 
+    assert migrate.code == 0, migrate.err
     assert check.code == 0, check.err
     shown = f"sqlite:///{provider / 'ledger.db'}?password=***&api_key=***&sslmode=require"
     assert f"ledger    ok    {shown}" in check.out
@@ -704,7 +706,8 @@ def test_secrets_in_the_ledger_urls_query_are_neither_printed_nor_logged(
     log = (provider / "log.jsonl").read_text()
     [started] = [json.loads(x) for x in log.splitlines() if '"daemon_started"' in x]
     assert started["config"]["ledger"]["url"] == shown
-    for text in (check.out, check.err, daemon.out, daemon.err, log):
+    assert f"ledger {shown} migrated" in migrate.out
+    for text in (migrate.out, migrate.err, check.out, check.err, daemon.out, daemon.err, log):
         assert "pw-q-5521" not in text
         assert "ak-q-7734" not in text
 
@@ -741,3 +744,52 @@ def test_control_characters_an_older_version_stored_are_printed_escaped(
     assert "said \\x1b]0;t\\x07" in status.out
     assert len(history.out.splitlines()) == 2 and "bad\\nreason" in history.out
     assert as_json.json()[0]["label"] == hostile
+
+
+# -- the ledger file: missing, empty, damaged ----------------------------------------------------
+
+
+def test_commands_that_only_read_never_create_a_ledger(provider: Path) -> None:
+    path = provider / "ledger.db"
+    reads = [["status", "1"], ["list"], ["history", "1"], ["cancel", "1"], ["check"]]
+
+    results = run_all(provider, *reads)
+    path.touch()  # an empty file is no ledger either, and stays empty
+    empty = run(provider, "list", "--json")
+
+    for args, result in zip(reads, results, strict=True):
+        assert result.code == 1, (args, result.err)
+        assert result.err_lines[0] == (
+            f"smsledger: error: {'ledger: ' if args == ['check'] else ''}no ledger exists at "
+            f"{path} (no such file); check ledger.url, or create one with 'smsledger migrate'"
+        ), args
+        assert len(result.err_lines) == 1 and "Traceback" not in result.err
+    assert "ledger    FAIL  no ledger exists at" in results[-1].out
+    assert empty.code == 1
+    assert_one_error_line(empty, f"no ledger exists at {path} (the file is empty)")
+    assert path.stat().st_size == 0
+    assert sorted(p.name for p in provider.iterdir() if p.name.startswith("ledger")) == [
+        "ledger.db"
+    ]
+    created = run(provider, "register", "1", "--send-at", "2030-01-01T10:00")
+    assert created.code == 0, created.err
+    assert run(provider, "status", "1").code == 0
+
+
+@pytest.mark.parametrize(
+    "content", [os.urandom(8192), b"not a database\n" * 100], ids=["random-bytes", "text"]
+)
+def test_a_damaged_ledger_file_is_one_clear_line_and_exit_1(provider: Path, content: bytes) -> None:
+    (provider / "ledger.db").write_bytes(content)
+    commands = [["status", "1"], ["list"], ["check"], ["run", "--once"]]
+
+    results = run_all(provider, *commands)
+
+    for args, result in zip(commands, results, strict=True):
+        assert result.code == 1, (args, result.err)
+        assert len(result.err_lines) == 1 and "Traceback" not in result.err, (args, result.err)
+        assert f"ledger sqlite:///{provider / 'ledger.db'} is damaged or not a database" in (
+            result.err
+        ), args
+        assert "internal error" not in result.err
+    assert (provider / "ledger.db").read_bytes() == content

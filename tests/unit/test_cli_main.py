@@ -49,6 +49,12 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     structlog.reset_defaults()
 
 
+@pytest.fixture
+def ledger_there(work: Path) -> None:
+    """An empty ledger where the config names it: reading commands never create one."""
+    Ledger(f"sqlite:///{work / 'ledger.db'}").close()
+
+
 def one_error(capsys: pytest.CaptureFixture[str]) -> str:
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
@@ -91,6 +97,7 @@ def test_usage_errors_are_one_line_exit_2(
         assert needle in line
 
 
+@pytest.mark.usefixtures("ledger_there")
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
@@ -183,6 +190,7 @@ def test_an_unwritable_log_path_is_a_config_error(
     assert "log.path" in one_error(capsys)
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_debug_prints_the_traceback_before_the_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--debug", "status", "404"]) == EXIT_USAGE
     err = capsys.readouterr().err
@@ -229,6 +237,7 @@ def test_each_error_class_has_its_documented_exit_code() -> None:
     assert exit_code_for(RuntimeError("a bug")) is None
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_reads_of_nothing_say_so(capsys: pytest.CaptureFixture[str], work: Path) -> None:
     assert main(["list", "--state", "cancelled"]) == 0
     assert capsys.readouterr().out == "no orders in state cancelled\n"
@@ -243,6 +252,7 @@ def test_reads_of_nothing_say_so(capsys: pytest.CaptureFixture[str], work: Path)
     assert capsys.readouterr() == ("", "")
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_check_without_credentials_is_exit_2_after_checking_the_rest(
     capsys: pytest.CaptureFixture[str], work: Path
 ) -> None:
@@ -270,5 +280,5 @@ def test_check_reports_an_unreachable_ledger_and_a_provider_that_is_down(
     )
     assert main(["check"]) == EXIT_FAILED
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith("ledger    FAIL  ledger sqlite:////nonexistent/d/x.db is unavailable")
+    assert out[1].startswith("ledger    FAIL  no ledger exists at /nonexistent/d/x.db")
     assert out[2].startswith("provider  FAIL  iletiMerkezi get-balance: ConnectError")
