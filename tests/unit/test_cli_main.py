@@ -7,6 +7,7 @@ error raised here also proves no call was attempted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -282,3 +283,21 @@ def test_check_reports_an_unreachable_ledger_and_a_provider_that_is_down(
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("ledger    FAIL  no ledger exists at /nonexistent/d/x.db")
     assert out[2].startswith("provider  FAIL  iletiMerkezi get-balance: ConnectError")
+
+
+def test_logs_escape_control_characters_in_both_forms(
+    capsys: pytest.CaptureFixture[str], work: Path
+) -> None:
+    line = (
+        '{"timestamp": "2030-01-01T10:00:00Z", "level": "info", "event": "x", "m": "a\x9bb\u202e"}'
+    )
+    (work / "log.jsonl").write_text(line + "\n", encoding="utf-8")
+
+    assert main(["logs"]) == 0
+    human = capsys.readouterr().out
+    assert main(["logs", "--json"]) == 0
+    raw = capsys.readouterr().out
+
+    assert "\x9b" not in human + raw and "\u202e" not in human + raw
+    assert human.endswith("info  x  -  m=a\\x9bb\\u202e\n")
+    assert json.loads(raw) == json.loads(line)
