@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -13,21 +14,24 @@ from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
     CancelRefused,
     InvalidInput,
+    NoLedger,
     OrderNotFound,
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
 from ledger.margins import Window, window
 from ledger.models import ORDER_ID_MAX, Event, Order
-from ledger.schema import upgrade
+from ledger.schema import current_revision, upgrade
 from ledger.states import OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
 
-__all__ = ["Ledger"]
+__all__ = ["LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
 
 log = structlog.get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: Unicode categories `is_control` refuses in labels and the command escapes when printing.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
 #: Asking again for a cancel that is already under way (or done) changes nothing.
@@ -54,13 +58,30 @@ def check_order_id(order_id: object) -> str:
     return text
 
 
-def _check_label(label: str | None) -> str | None:
+def is_control(char: str) -> bool:
+    """Whether `char` acts on a terminal or a line instead of showing as a glyph.
+
+    Control characters (newline, ESC, DEL, C1), format characters (bidi overrides such as
+    U+202E, zero-width ones), line and paragraph separators, and lone surrogates: a label made
+    of them could forge a table row or drive the terminal of whoever lists the ledger.
+    """
+    return unicodedata.category(char) in _CONTROL_CATEGORIES
+
+
+def check_label(label: str | None) -> str | None:
+    """Return the label, refusing one that is not text, too long, or holds control characters."""
     if label is None:
         return None
     if not isinstance(label, str):
         raise InvalidInput(f"label must be text, got {type(label).__name__}")
     if len(label) > LABEL_MAX:
         raise InvalidInput(f"label is {len(label)} characters long; at most {LABEL_MAX}")
+    for n, char in enumerate(label):
+        if is_control(char):
+            raise InvalidInput(
+                f"label contains the control character U+{ord(char):04X} at position {n + 1}; "
+                "a label must be plain text on one line"
+            )
     return label
 
 
@@ -74,7 +95,9 @@ class Ledger:
     `url` is a SQLAlchemy URL: ``sqlite:///path`` (the embedded default) or
     ``postgresql+psycopg://user@host/db`` for a ledger shared by daemons on several hosts. Opening
     brings the schema to the newest revision (see `ledger.schema`) or raises `SchemaTooNew`;
-    ``create=False`` skips that for a ledger known to be current.
+    ``create=False`` skips that for a ledger known to be current. ``must_exist=True`` (what the
+    command's reading commands use) raises `NoLedger` instead of creating a ledger where there
+    is none: no SQLite file is made, and an empty database is not given the schema.
     """
 
     def __init__(
@@ -87,6 +110,7 @@ class Ledger:
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
+        must_exist: bool = False,
     ) -> None:
         if refuse_before < timedelta(0):
             raise InvalidInput("refuse_before must not be negative")
@@ -98,13 +122,26 @@ class Ledger:
         self.warn_before = warn_before
         self.refuse_before = refuse_before
         self._clock = clock
-        self.store = Store(url, synchronous=synchronous, busy_timeout=busy_timeout)
-        if create:
-            try:
+        self.store = Store(
+            url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+        )
+        try:
+            if must_exist:
+                self._require_ledger()
+            if create:
                 upgrade(self.store)
-            except BaseException:
-                self.store.dispose()
-                raise
+        except BaseException:
+            self.store.dispose()
+            raise
+
+    def _require_ledger(self) -> None:
+        with self.store.read() as conn:
+            found = current_revision(conn)
+        if found is None:
+            raise NoLedger(
+                f"no ledger exists at {display_url(self.store.url)} (the database holds no "
+                "ledger tables); check ledger.url, or create one with 'smsledger migrate'"
+            )
 
     @classmethod
     def from_config(
@@ -113,6 +150,7 @@ class Ledger:
         *,
         setup_logging: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        must_exist: bool = False,
     ) -> Ledger:
         """Open the ledger a config file describes, and set up logging from its ``[log]``."""
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
@@ -125,6 +163,7 @@ class Ledger:
             synchronous=config.ledger.synchronous,
             busy_timeout=config.ledger.busy_timeout_seconds,
             clock=clock,
+            must_exist=must_exist,
         )
 
     def now(self) -> datetime:
@@ -149,7 +188,7 @@ class Ledger:
         """Record a scheduled order; registering the same id and time again changes nothing."""
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
-        label = _check_label(label)
+        label = check_label(label)
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
@@ -197,14 +236,17 @@ class Ledger:
         All or nothing: one bad item (naive time, bad id, an id already registered for another
         time) fails the whole batch and leaves the ledger unchanged.
         """
-        default_label = _check_label(label)
+        default_label = check_label(label)
         batch: dict[str, tuple[str, datetime, str | None]] = {}
         for n, item in enumerate(orders):
             if not isinstance(item, tuple) or len(item) not in (2, 3):
                 raise InvalidInput(f"item {n} must be (order_id, send_at[, label]), got {item!r}")
             oid = check_order_id(item[0])
             when = ensure_aware(item[1], f"send_at of order {oid}")
-            item_label = _check_label(item[2]) if len(item) == 3 else default_label
+            try:
+                item_label = check_label(item[2]) if len(item) == 3 else default_label
+            except InvalidInput as exc:
+                raise InvalidInput(f"order {oid}: {exc}") from None
             seen = batch.get(oid)
             if seen is not None and seen[1] != when:
                 raise RegistrationConflict(oid, seen[1], when)

@@ -8,6 +8,7 @@ file's credentials. Unknown keys and wrong types are errors naming the key, beca
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ledger._urls import display_url
 from ledger.errors import ConfigError
 
 __all__ = [
@@ -27,7 +29,6 @@ __all__ = [
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
-    "hide_password",
     "load_config",
 ]
 
@@ -38,16 +39,6 @@ DEFAULT_CONFIG_NAME = "smsledger.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def hide_password(url: str) -> str:
-    """The database URL with any password replaced by ***, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
-
-
 @dataclass(frozen=True)
 class LedgerConfig:
     url: str = field(default="sqlite:///smsledger.db", repr=False)
@@ -56,7 +47,7 @@ class LedgerConfig:
 
     def __repr__(self) -> str:
         return (
-            f"LedgerConfig(url={hide_password(self.url)!r}, synchronous={self.synchronous!r}, "
+            f"LedgerConfig(url={display_url(self.url)!r}, synchronous={self.synchronous!r}, "
             f"busy_timeout_seconds={self.busy_timeout_seconds!r})"
         )
 
@@ -125,7 +116,7 @@ class Config:
         for name in _SECTIONS:
             section = getattr(self, name)
             out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
-        out["ledger"]["url"] = hide_password(self.ledger.url)
+        out["ledger"]["url"] = display_url(self.ledger.url)
         out["api"]["key"] = "<set>" if self.api.key else "<missing>"
         out["api"]["hash"] = "<set>" if self.api.hash else "<missing>"
         return out
@@ -244,6 +235,8 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], where: str
         kwargs[key] = _check_type(f"{name}.{key}", value, expected, where)
         if isinstance(default, float):
             kwargs[key] = float(value)
+            if not math.isfinite(kwargs[key]):  # TOML has nan and inf; no duration is either
+                raise ConfigError(f"{name}.{key}{where} must be a finite number, got {value!r}")
     return cls(**kwargs)
 
 

@@ -3,6 +3,7 @@
 LedgerError                      the root: anything the ledger refuses or cannot do
 ├── ConfigError                  the config file or an environment override is wrong
 ├── LedgerUnavailable            the database cannot be opened or reached
+│   └── NoLedger                 a command that only reads found no ledger where the config says
 ├── SchemaError                  the database holds tables this smsledger cannot use as a ledger
 │   └── SchemaTooNew             the ledger was migrated by a newer smsledger
 ├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
@@ -29,6 +30,7 @@ __all__ = [
     "LedgerError",
     "LedgerUnavailable",
     "NaiveDatetimeError",
+    "NoLedger",
     "OrderNotFound",
     "RegistrationConflict",
     "SchemaError",
@@ -49,6 +51,10 @@ class ConfigError(LedgerError):
 
 class LedgerUnavailable(LedgerError):
     """The ledger database cannot be opened or reached."""
+
+
+class NoLedger(LedgerUnavailable):
+    """There is no ledger at the configured place, and this use of it must not create one."""
 
 
 class SchemaError(LedgerError):

@@ -6,6 +6,8 @@ structlog setup. The command, the daemon and `Ledger.from_config` call `configur
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -18,7 +20,7 @@ import structlog
 
 from ledger.config import LogConfig
 
-__all__ = ["SecretRedactor", "configure_logging", "redactor"]
+__all__ = ["SecretRedactor", "configure_logging", "log_write_failures", "redactor"]
 
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = frozenset({"key", "hash", "api_key", "api_hash", "authentication", "password"})
@@ -85,20 +87,58 @@ class SecretRedactor:
 redactor = SecretRedactor()
 
 
+_failures_lock = threading.Lock()
+_failures = 0
+_reported = False
+
+
+def log_write_failures() -> int:
+    """How many log lines this process could not write (a full disk, a broken file, ...)."""
+    with _failures_lock:
+        return _failures
+
+
+def _write_failed(where: str, exc: OSError) -> None:
+    """Count a lost log line; say so on stderr the first time only, then carry on.
+
+    Logging must never stop or falsify work: a worker that died on a full disk left its order
+    ``cancelling`` and made `cancel` report failure for a committed request.
+    """
+    global _failures, _reported  # noqa: PLW0603 - one count per process, read by metrics
+    with _failures_lock:
+        _failures += 1
+        first = not _reported
+        _reported = True
+    if first:
+        with contextlib.suppress(Exception):  # stderr may be the broken sink itself
+            sys.stderr.write(
+                f"smsledger: cannot write the log {where}: {exc.strerror or exc}; "
+                "carrying on without it\n"
+            )
+            sys.stderr.flush()
+
+
 class _AppendLogger:
     """Writes each line with one `write(2)` on an O_APPEND descriptor.
 
     On a local file system that keeps whole lines from several processes from interleaving.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self._fd = fd
+        self._path = path
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
         data = (message + "\n").encode("utf-8")
-        with self._lock:
-            os.write(self._fd, data)
+        try:
+            with self._lock:
+                written = os.write(self._fd, data)
+        except OSError as exc:
+            _write_failed(self._path, exc)
+            return
+        if written < len(data):  # a full disk can take part of a line: the rest is lost
+            _write_failed(self._path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -109,9 +149,12 @@ class _StreamLogger:
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
-        with self._lock:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+        try:
+            with self._lock:
+                self._stream.write(message + "\n")
+                self._stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+            _write_failed("on stderr", exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -138,7 +181,7 @@ def configure_logging(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             _open_fds[path] = fd
-        logger = _AppendLogger(fd)
+        logger = _AppendLogger(fd, path)
     level = logging.getLevelNamesMapping()[log.level.upper()]
     structlog.configure(
         processors=[

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
@@ -33,11 +34,12 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
 from ledger._clock import utcnow
-from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable
+from ledger._urls import UNPARSABLE, display_url
+from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
 from ledger.models import Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
 
-__all__ = ["ConcurrentRegistration", "Store", "TransitionResult"]
+__all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -134,14 +136,6 @@ def _datetime_to_db(dialect: Dialect) -> Any:
     return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
 
-def display_url(url: str) -> str:
-    """The URL with any password hidden, for messages and logs."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable database URL>"
-
-
 def _enable_wal(cursor: Any, busy_timeout: float) -> None:
     """Switch a SQLite database to WAL, waiting for other processes doing the same.
 
@@ -160,16 +154,67 @@ def _enable_wal(cursor: Any, busy_timeout: float) -> None:
             return
 
 
+def _is_unusable(exc: BaseException) -> bool:
+    """Whether a database error means the database cannot be used at all (unreachable, locked,
+    damaged, not a database) rather than that a statement was wrong (a constraint, a bug).
+
+    SQLite reports a file that is no database, or a damaged one, as a bare ``DatabaseError``.
+    """
+    return isinstance(exc, sa.exc.OperationalError) or type(exc) is sa.exc.DatabaseError
+
+
+def _existing_sqlite_file(parsed: sa.URL) -> sa.URL:
+    """`parsed` as a URI that opens the file read-write without creating it; `NoLedger` if the
+    file is not there. In-memory and URI databases are returned as they are."""
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return parsed
+    path = Path(database).absolute()
+    try:
+        why = "the file is empty" if path.stat().st_size == 0 else None
+    except FileNotFoundError:
+        why = "no such file"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why is not None:  # opening an empty file would write a database header into it
+        raise NoLedger(
+            f"no ledger exists at {path} ({why}); check ledger.url, or create one with "
+            "'smsledger migrate'"
+        )
+    return parsed.set(
+        database=f"file:{quote(str(path))}",
+        query={**parsed.query, "mode": "rw", "uri": "true"},
+    )
+
+
 class Store:
     """Owns the engine and runs every query of the ledger."""
 
-    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        must_exist: bool = False,
+    ) -> None:
+        """Open (lazily) the database at `url`.
+
+        `must_exist`: a SQLite file that is not there raises `NoLedger` instead of being created,
+        and is opened read-write without create, so one removed later is not made again either.
+        """
         self.url = url
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
-            raise LedgerUnavailable(f"ledger URL {url!r} is not a database URL") from None
+            shown = display_url(url)
+            raise LedgerUnavailable(
+                f"ledger URL {'' if shown == UNPARSABLE else shown + ' '}is not a database URL "
+                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+            ) from None
         self.dialect = parsed.get_backend_name()
+        if must_exist and self.dialect == "sqlite":
+            parsed = _existing_sqlite_file(parsed)
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
@@ -233,14 +278,16 @@ class Store:
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
         try:
             conn = self.engine.connect()
-        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
+        except (sa.exc.DatabaseError, sa.exc.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         try:
             if write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DatabaseError as exc:
+            if not _is_unusable(exc):
+                raise
             raise self._unavailable(exc) from exc
         finally:
             conn.close()
@@ -260,7 +307,12 @@ class Store:
 
     def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> LedgerUnavailable:
         orig = getattr(exc, "orig", None)
-        detail = str(orig) if orig is not None else str(exc)
+        detail = " ".join((str(orig) if orig is not None else str(exc)).split())
+        if _is_unusable(exc) and not isinstance(exc, sa.exc.OperationalError):
+            return LedgerUnavailable(
+                f"ledger {display_url(self.url)} is damaged or not a database ({detail}); "
+                "restore it from a backup, or point ledger.url at the right file"
+            )
         return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
 
     def dispose(self) -> None:

@@ -3,6 +3,11 @@
 Pure functions of their arguments (the zone and `now` are passed in), so the shapes are pinned by
 unit tests without a ledger. JSON times are ISO 8601 in UTC with a ``Z`` (see `format_utc`);
 human times are in the configured zone.
+
+Text that comes from outside (labels and reasons in the ledger, provider messages, order ids, log
+fields) goes through `escape` before a person sees it, and `to_json` writes the same characters as
+``\\u`` escapes: a newline or an escape sequence in a label must not forge a row or drive the
+terminal. Which characters count is `ledger.api.is_control`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger import Event, Order
+from ledger.api import is_control
 from scheduler._timeparse import format_countdown, format_local, format_utc
 
 __all__ = [
+    "escape",
+    "escape_json",
     "event_json",
     "history_table",
     "order_json",
@@ -28,6 +36,38 @@ __all__ = [
 ]
 
 _NONE = "-"
+
+
+def escape(text: str) -> str:
+    """`text` with every control character written as a Python escape (``\\n``, ``\\x1b``,
+    ``\\u202e``), for the command's human outputs."""
+    if text.isprintable():  # no control character (the common case)
+        return text
+    return "".join(_escaped(c) if is_control(c) else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def escape_json(text: str) -> str:
+    """JSON text with the control characters JSON leaves raw written as ``\\uXXXX`` escapes.
+
+    ``json.dumps(ensure_ascii=False)`` escapes only U+0000..U+001F; DEL, C1 controls and bidi
+    overrides pass through. Outside strings JSON text has no such characters (tab and CR between
+    tokens are kept), so the value read back is unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_json_escaped(c) if is_control(c) and c not in "\t\n\r" else c for c in text)
+
+
+def _json_escaped(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a surrogate pair, as JSON writes it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def _utc_or_none(value: datetime | None) -> str | None:
@@ -63,14 +103,15 @@ def event_json(event: Event) -> dict[str, Any]:
 
 def to_json(value: object) -> str:
     """JSON text as the command prints it: UTF-8 kept readable, two-space indent."""
-    return json.dumps(value, ensure_ascii=False, indent=2)
+    return escape_json(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def pair(key: str, value: object) -> str:
     """``key=value``, quoting the value as JSON when it is not a plain word."""
     if isinstance(value, str) and value and not any(c.isspace() or c in "\"'=" for c in value):
-        return f"{key}={value}"
-    return f"{key}={json.dumps(value, ensure_ascii=False, separators=(',', ':'), default=str)}"
+        return escape(f"{key}={value}")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return escape(f"{key}={text}")
 
 
 def _details_text(details: Mapping[str, Any]) -> str:
@@ -78,8 +119,11 @@ def _details_text(details: Mapping[str, Any]) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """Lines of a table whose columns are as wide as their widest cell, two spaces apart."""
-    body = [list(row) for row in rows]
+    """Lines of a table whose columns are as wide as their widest cell, two spaces apart.
+
+    Cells are escaped (`escape`): a cell is text from the ledger or the provider.
+    """
+    body = [[escape(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
         for n, cell in enumerate(row):
@@ -130,7 +174,7 @@ def status_lines(order: Order, zone: ZoneInfo, now: datetime) -> list[str]:
         ("updated", when(order.updated_at)),
     ]
     width = max(len(name) for name, _ in fields)
-    return [f"{name.ljust(width)}  {value}" for name, value in fields]
+    return [f"{name.ljust(width)}  {escape(value)}" for name, value in fields]
 
 
 def history_table(events: Iterable[Event], zone: ZoneInfo) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from scheduler._cliformat import pair
+from scheduler._cliformat import escape, pair
 from scheduler._timeparse import format_local
 
 __all__ = ["LEVELS", "LineFormatter", "LogFilter", "LogTail", "parse_record", "record_time"]
@@ -88,7 +88,7 @@ class LineFormatter:
     def _cells(self, record: Mapping[str, Any]) -> list[str]:
         when = record_time(record)
         order_id = record.get("order_id")
-        return [
+        cells = [
             format_local(when, self.zone, seconds=True)
             if when
             else str(record.get("timestamp", "-")),
@@ -96,6 +96,7 @@ class LineFormatter:
             str(record.get("event", "-")),
             "-" if order_id is None else str(order_id),
         ]
+        return [escape(cell) for cell in cells]  # a log line may carry anything
 
     def fit(self, records: list[dict[str, Any]]) -> None:
         for record in records:

@@ -13,7 +13,8 @@ code  meaning
 0     done
 1     the request was refused or ended badly: a cancel refused, too late, not found at the
       provider, needing attention, dispatched, or not final when ``cancel --wait`` ran out; a
-      provider error; the ledger unreachable; a sent order the ledger could not record
+      provider error; the ledger unreachable, damaged, or (for status, list, history, check and
+      cancel, which never create one) not there; a sent order the ledger could not record
 2     usage, input or config error: a bad flag, time or state, an unknown order id, a config
       file that is missing, unreadable or wrong, missing API credentials
 130   interrupted (Ctrl-C)
@@ -58,11 +59,13 @@ from ledger import (
     load_config,
     utcnow,
 )
-from ledger.api import LABEL_MAX
+from ledger.api import check_label
 from ledger.config import ENV_HASH, ENV_KEY, find_config_path
 from ledger.margins import Window, window
 from ledger.store import display_url
 from scheduler._cliformat import (
+    escape,
+    escape_json,
     event_json,
     history_table,
     order_json,
@@ -111,7 +114,8 @@ $ILETIMERKEZI_API_KEY / $ILETIMERKEZI_API_HASH override the file's credentials.
 exit codes:
   0    done
   1    refused or ended badly (cancel refused, too late, not found, needs attention,
-       dispatched, not final after --wait; provider error; ledger unreachable)
+       dispatched, not final after --wait; provider error; ledger unreachable
+       or damaged; no ledger yet for status, list, history, check, cancel)
   2    usage, input or config error (bad flag, time or state; unknown order id;
        config missing or wrong; missing credentials)
   130  interrupted
@@ -156,7 +160,8 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 
 def _error(message: str) -> None:
-    print(f"smsledger: error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr; the message may quote the provider or the ledger, so it is escaped."""
+    print(f"smsledger: error: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def _out(lines: Sequence[str] | str) -> None:
@@ -193,8 +198,10 @@ def _load(args: argparse.Namespace) -> _Context:
     return _Context(config)
 
 
-def _open_ledger(ctx: _Context) -> Ledger:
-    return Ledger.from_config(ctx.config, setup_logging=False)
+def _open_ledger(ctx: _Context, *, must_exist: bool = False) -> Ledger:
+    """The config's ledger; `must_exist` for commands that only read or change existing orders,
+    which must say that there is no ledger rather than create an empty one and answer from it."""
+    return Ledger.from_config(ctx.config, setup_logging=False, must_exist=must_exist)
 
 
 def _when(text: str, option: str, ctx: _Context) -> datetime:
@@ -243,8 +250,10 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
     iys = args.iys == "1"
     if not iys and args.iys_list is not None:
         raise UsageError("--iys-list applies only to commercial messages (--iys 1)")
-    if args.label is not None and len(args.label) > LABEL_MAX:
-        raise UsageError(f"--label is {len(args.label)} characters long; at most {LABEL_MAX}")
+    try:  # the ledger would refuse it too, but only after the provider created the order
+        check_label(args.label)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
     _require_credentials(config)
     try:  # the client would refuse it too, but only after the ledger is opened
         format_send_datetime(send_at, PROVIDER_ZONE, utcnow())
@@ -270,7 +279,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
             ) from exc
         order_id = result.order_id
         # The id goes out before the ledger write, so a failed write can never lose it.
-        print(order_id, flush=True)
+        print(escape(order_id), flush=True)
         log.info(
             "send_accepted",
             order_id=order_id,
@@ -295,7 +304,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
             return EXIT_FAILED
         now = ledger.now()
     print(
-        f"registered order {order.order_id}: sends {format_countdown(order.send_at, now)}",
+        f"registered order {escape(order.order_id)}: sends {format_countdown(order.send_at, now)}",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -304,7 +313,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_cancel(args: argparse.Namespace, ctx: _Context) -> int:
     zone = ctx.config.zone
     code = EXIT_OK
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         asked: list[Order] = []
         for order_id in args.order_ids:
             try:
@@ -321,7 +330,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: _Context) -> int:
             where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
             if under_way and where is Window.WARN:
                 print(
-                    f"warning: order {order.order_id} dispatches "
+                    f"warning: order {escape(order.order_id)} dispatches "
                     f"{format_countdown(order.send_at, now)}; the cancel may come too late",
                     file=sys.stderr,
                 )
@@ -358,7 +367,7 @@ def _wait_final(ledger: Ledger, orders: list[Order], seconds: float) -> list[Ord
 
 
 def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         order = ledger.get(args.order_id)
         now = ledger.now()
     _out(to_json(order_json(order)) if args.json else status_lines(order, ctx.config.zone, now))
@@ -375,7 +384,7 @@ def _cmd_list(args: argparse.Namespace, ctx: _Context) -> int:
             raise UsageError(
                 f"--state: unknown state {args.state!r}; states are: {known}"
             ) from None
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         orders = ledger.orders(state)
         now = ledger.now()
     if args.json:
@@ -388,7 +397,7 @@ def _cmd_list(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 def _cmd_history(args: argparse.Namespace, ctx: _Context) -> int:
-    with _open_ledger(ctx) as ledger:
+    with _open_ledger(ctx, must_exist=True) as ledger:
         events = ledger.history(args.order_id)
     if args.json:
         _out(to_json([event_json(event) for event in events]))
@@ -468,7 +477,10 @@ class _LogPrinter:
             return
         if batch and not self.raw:
             self.formatter.fit([record for _, record in picked])
-        out = [line if self.raw else self.formatter.format(record) for line, record in picked]
+        out = [
+            escape_json(line) if self.raw else self.formatter.format(record)
+            for line, record in picked
+        ]
         self.shown += len(out)
         _out(out)
 
@@ -490,7 +502,7 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
         lines.append((name, "FAIL", message))
 
     try:
-        with _open_ledger(ctx) as ledger:
+        with _open_ledger(ctx, must_exist=True) as ledger:
             ledger.orders(limit=1)
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
     except LedgerError as exc:
@@ -513,7 +525,12 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
         except ProviderError as exc:
             fail("provider", EXIT_FAILED, str(exc))
     width = max(len(name) for name, _, _ in lines)
-    _out([f"{name.ljust(width)}  {status.ljust(4)}  {detail}" for name, status, detail in lines])
+    _out(
+        [
+            f"{name.ljust(width)}  {status.ljust(4)}  {escape(detail)}"
+            for name, status, detail in lines
+        ]
+    )
     for name, status, detail in lines:
         if status == "FAIL":
             _error(f"{name}: {detail}")

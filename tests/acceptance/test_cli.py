@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -341,6 +342,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(work: Path, book: Ledg
         (["--config", "broken.toml", "list"], ("broken.toml is not valid TOML",)),
         (["--config", "typo.toml", "list"], ("windows.refuse_befor_seconds",)),
         (
+            ["register", "2", "--send-at", "2030-01-01T10:00", "--label", "ok\n1  cancelled"],
+            ("control character U+000A",),
+        ),
+        (
+            ["register", "2", "--send-at", "2030-01-01T10:00", "--label", "\x1b[31mred"],
+            ("control character U+001B",),
+        ),
+        (
             ["send", "--sender", "ACME", "--to", "905551112233", "--text", "hi",
              "--at", at(timedelta(hours=1))],
             ("no API credentials", "ILETIMERKEZI_API_KEY"),
@@ -378,7 +387,7 @@ def test_an_unreachable_ledger_is_exit_1_and_debug_adds_the_traceback(work: Path
     )
     plain, debug = run_all(work, ["list"], ["--debug", "list"])
     assert plain.code == 1
-    assert_one_error_line(plain, "ledger sqlite:////nonexistent/dir/x.db is unavailable")
+    assert_one_error_line(plain, "no ledger exists at /nonexistent/dir/x.db")
     assert debug.code == 1
     assert "Traceback (most recent call last)" in debug.err
     assert debug.err_lines[-1] == plain.err_lines[0]
@@ -562,7 +571,7 @@ def provider(work: Path, sandbox: Any) -> Path:
     return work
 
 
-def test_check_reports_config_ledger_and_balance(provider: Path) -> None:
+def test_check_reports_config_ledger_and_balance(provider: Path, book: Ledger) -> None:
     ok = run(provider, "check")
     rejected = run(provider, "check", env=clean_env(ILETIMERKEZI_API_KEY="wrong"))
     assert ok.code == 0, ok.err
@@ -651,3 +660,136 @@ def test_a_provider_refusal_is_exit_1_in_one_line(provider: Path, book: Ledger) 
     assert result.out == ""
     assert_one_error_line(result, "send-sms answered 460")
     assert book.orders() == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_log_neither_fails_a_cancel_nor_stops_the_daemon(
+    provider: Path, sandbox: Any, book: Ledger
+) -> None:
+    config = provider / "smsledger.toml"
+    config.write_text(config.read_text().replace('path = "log.jsonl"', 'path = "/dev/full"'))
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    book.register("700001", send_at)
+    sandbox.add_order("700001", send_at)
+    notice = "smsledger: cannot write the log /dev/full: No space left on device; carrying on"
+
+    cancel = run(provider, "cancel", "700001")
+    assert cancel.code == 0, cancel.err
+    assert cancel.err.startswith(notice) and len(cancel.err_lines) == 1, cancel.err
+    assert book.get("700001").state is OrderState.CANCEL_REQUESTED
+
+    daemon = run(provider, "run", "--once")
+    assert daemon.code == 0, daemon.err
+    assert daemon.err.startswith(notice) and len(daemon.err_lines) == 1, daemon.err
+    assert book.get("700001").state is OrderState.CANCELLED
+    assert sandbox.truth()["orders"]["700001"]["cancels_accepted"] == 1
+
+
+def test_secrets_in_the_ledger_urls_query_are_neither_printed_nor_logged(
+    provider: Path, sandbox: Any
+) -> None:
+    config = provider / "smsledger.toml"
+    secret_query = "?password=pw-q-5521&api_key=ak-q-7734&sslmode=require"
+    config.write_text(
+        config.read_text().replace('"sqlite:///ledger.db"', f'"sqlite:///ledger.db{secret_query}"')
+    )
+
+    migrate = run(provider, "migrate")
+    check = run(provider, "check")
+    daemon = run(provider, "run", "--once")
+
+    assert migrate.code == 0, migrate.err
+    assert check.code == 0, check.err
+    shown = f"sqlite:///{provider / 'ledger.db'}?password=***&api_key=***&sslmode=require"
+    assert f"ledger    ok    {shown}" in check.out
+    assert daemon.code == 0, daemon.err
+    log = (provider / "log.jsonl").read_text()
+    [started] = [json.loads(x) for x in log.splitlines() if '"daemon_started"' in x]
+    assert started["config"]["ledger"]["url"] == shown
+    assert f"ledger {shown} migrated" in migrate.out
+    for text in (migrate.out, migrate.err, check.out, check.err, daemon.out, daemon.err, log):
+        assert "pw-q-5521" not in text
+        assert "ak-q-7734" not in text
+
+
+def test_nan_or_infinity_in_a_numeric_config_key_is_exit_2_naming_the_key(work: Path) -> None:
+    config = work / "smsledger.toml"
+    config.write_text(config.read_text() + "[scheduler]\npoll_seconds = nan\n")
+
+    result = run(work, "check")
+
+    assert result.code == 2
+    assert_one_error_line(result, "scheduler.poll_seconds", "must be a finite number, got nan")
+
+
+def test_control_characters_an_older_version_stored_are_printed_escaped(
+    work: Path, book: Ledger
+) -> None:
+    book.register("41", datetime(2030, 1, 1, 7, 0, tzinfo=UTC), "x")
+    hostile = "promo\n42        cancelled\x1b[2J\u202e"
+    with sqlite3.connect(work / "ledger.db") as db:  # as a version without the check wrote it
+        db.execute("UPDATE orders SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07"))
+        db.execute("UPDATE order_events SET reason = ?", ("bad\nreason",))
+    shown = "promo\\n42        cancelled\\x1b[2J\\u202e"
+
+    listed, status, history, as_json = run_all(
+        work, ["list"], ["status", "41"], ["history", "41"], ["list", "--json"]
+    )
+
+    for result in (listed, status, history, as_json):
+        assert result.code == 0, result.err
+        assert "\x1b" not in result.out and "\u202e" not in result.out
+    assert len(listed.out.splitlines()) == 2
+    assert shown in listed.out and shown in status.out
+    assert "said \\x1b]0;t\\x07" in status.out
+    assert len(history.out.splitlines()) == 2 and "bad\\nreason" in history.out
+    assert as_json.json()[0]["label"] == hostile
+
+
+# -- the ledger file: missing, empty, damaged ----------------------------------------------------
+
+
+def test_commands_that_only_read_never_create_a_ledger(provider: Path) -> None:
+    path = provider / "ledger.db"
+    reads = [["status", "1"], ["list"], ["history", "1"], ["cancel", "1"], ["check"]]
+
+    results = run_all(provider, *reads)
+    path.touch()  # an empty file is no ledger either, and stays empty
+    empty = run(provider, "list", "--json")
+
+    for args, result in zip(reads, results, strict=True):
+        assert result.code == 1, (args, result.err)
+        assert result.err_lines[0] == (
+            f"smsledger: error: {'ledger: ' if args == ['check'] else ''}no ledger exists at "
+            f"{path} (no such file); check ledger.url, or create one with 'smsledger migrate'"
+        ), args
+        assert len(result.err_lines) == 1 and "Traceback" not in result.err
+    assert "ledger    FAIL  no ledger exists at" in results[-1].out
+    assert empty.code == 1
+    assert_one_error_line(empty, f"no ledger exists at {path} (the file is empty)")
+    assert path.stat().st_size == 0
+    assert sorted(p.name for p in provider.iterdir() if p.name.startswith("ledger")) == [
+        "ledger.db"
+    ]
+    created = run(provider, "register", "1", "--send-at", "2030-01-01T10:00")
+    assert created.code == 0, created.err
+    assert run(provider, "status", "1").code == 0
+
+
+@pytest.mark.parametrize(
+    "content", [os.urandom(8192), b"not a database\n" * 100], ids=["random-bytes", "text"]
+)
+def test_a_damaged_ledger_file_is_one_clear_line_and_exit_1(provider: Path, content: bytes) -> None:
+    (provider / "ledger.db").write_bytes(content)
+    commands = [["status", "1"], ["list"], ["check"], ["run", "--once"]]
+
+    results = run_all(provider, *commands)
+
+    for args, result in zip(commands, results, strict=True):
+        assert result.code == 1, (args, result.err)
+        assert len(result.err_lines) == 1 and "Traceback" not in result.err, (args, result.err)
+        assert f"ledger sqlite:///{provider / 'ledger.db'} is damaged or not a database" in (
+            result.err
+        ), args
+        assert "internal error" not in result.err
+    assert (provider / "ledger.db").read_bytes() == content

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 
 from ledger import Event, Order, OrderState
 from scheduler._cliformat import (
+    escape,
+    escape_json,
     event_json,
     history_table,
     order_json,
@@ -159,3 +161,42 @@ def test_pairs_quote_only_what_needs_it() -> None:
     assert pair("a", None) == "a=null"
     assert pair("a", 3) == "a=3"
     assert pair("a", {"b": [1, 2]}) == 'a={"b":[1,2]}'
+
+
+# -- text from outside is escaped ----------------------------------------------------------------
+
+HOSTILE = "promo\n312891246  cancelled\x1b[2J\x9b31m\u202eevil\u2028"
+HOSTILE_SHOWN = "promo\\n312891246  cancelled\\x1b[2J\\x9b31m\\u202eevil\\u2028"
+
+
+def test_escape_writes_control_characters_as_escapes_and_keeps_other_text() -> None:
+    assert escape(HOSTILE) == HOSTILE_SHOWN
+    assert escape("İptal şöyle 😀\tx") == "İptal şöyle 😀\\tx"
+    assert escape("plain") == "plain"
+
+
+def test_a_hostile_label_and_reason_stay_on_their_row_in_every_human_output() -> None:
+    order = make_order(label=HOSTILE, reason="provider said: \x1b]0;title\x07")
+    event = Event(
+        "312891245", NOW, None, OrderState.SCHEDULED, "bad\nreason", {"message": "m\x1b[1m"}
+    )
+    outputs = {
+        "table": order_table([order], ISTANBUL, NOW),
+        "status": status_lines(order, ISTANBUL, NOW),
+        "history": history_table([event], ISTANBUL),
+    }
+    for name, lines in outputs.items():
+        text = "\n".join(lines)
+        assert all(line.isprintable() for line in lines), name
+        assert len(text.splitlines()) == len(lines), name
+    assert HOSTILE_SHOWN in "\n".join(outputs["table"])
+    assert "provider said: \\x1b]0;title\\x07" in "\n".join(outputs["status"])
+    assert "bad\\nreason  message=m\\x1b[1m" in outputs["history"][1]
+
+
+def test_json_output_escapes_what_json_leaves_raw_and_reads_back_the_same() -> None:
+    text = to_json({"label": HOSTILE})
+    assert text.isascii() or all(c.isprintable() for c in text.replace("\n", ""))
+    assert "\\u202e" in text and "\\u009b" in text
+    assert json.loads(text) == {"label": HOSTILE}
+    assert json.loads(escape_json('{"x": "a\U000e0001"}')) == {"x": "a\U000e0001"}

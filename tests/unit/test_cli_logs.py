@@ -125,3 +125,14 @@ def test_tail_follows_a_rotated_file(tmp_path: Path) -> None:
     path.write_text("newer\n")
     assert tail.poll() == ["newer"]
     tail.close()
+
+
+def test_control_characters_in_any_field_are_escaped_and_keep_the_line_whole() -> None:
+    formatter = LineFormatter(ISTANBUL)
+    line = formatter.format(
+        rec(order_id="9\x1b[2J", message="Üyelik\nhatalı\u202e", event="evil\x9b")
+    )
+    assert line.isprintable()
+    assert "evil\\x9b" in line
+    assert "9\\x1b[2J" in line
+    assert 'message="Üyelik\\nhatalı\\u202e"' in line

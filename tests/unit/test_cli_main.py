@@ -7,6 +7,7 @@ error raised here also proves no call was attempted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,12 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def ledger_there(work: Path) -> None:
+    """An empty ledger where the config names it: reading commands never create one."""
+    Ledger(f"sqlite:///{work / 'ledger.db'}").close()
 
 
 def one_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -91,6 +98,7 @@ def test_usage_errors_are_one_line_exit_2(
         assert needle in line
 
 
+@pytest.mark.usefixtures("ledger_there")
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
@@ -127,7 +135,8 @@ def test_input_errors_are_one_line_exit_2(
         (["--at", in_an_hour(), "--iys", "0", "--iys-list", "TACIR"], ["--iys-list", "--iys 1"]),
         (["--at", in_an_hour(), "--to", " , "], ["--to", "no phone number"]),
         (["--at", in_an_hour(), "--text", " "], ["--text is empty"]),
-        (["--at", in_an_hour(), "--label", "x" * 201], ["--label is 201 characters", "200"]),
+        (["--at", in_an_hour(), "--label", "x" * 201], ["--label: label is 201 characters", "200"]),
+        (["--at", in_an_hour(), "--label", "a\x1b[2Jb"], ["--label", "control character U+001B"]),
         (["--at", "2030-01-01T10:00:30"], ["--at 2030-01-01T10:00:30", "whole minute"]),
         (["--at", "2020-01-01T10:00"], ["--at 2020-01-01T10:00", "not in the future"]),
         (["--at", "2030-03-31T02:30"], ["--at", "does not exist"]),
@@ -182,6 +191,7 @@ def test_an_unwritable_log_path_is_a_config_error(
     assert "log.path" in one_error(capsys)
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_debug_prints_the_traceback_before_the_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--debug", "status", "404"]) == EXIT_USAGE
     err = capsys.readouterr().err
@@ -228,6 +238,7 @@ def test_each_error_class_has_its_documented_exit_code() -> None:
     assert exit_code_for(RuntimeError("a bug")) is None
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_reads_of_nothing_say_so(capsys: pytest.CaptureFixture[str], work: Path) -> None:
     assert main(["list", "--state", "cancelled"]) == 0
     assert capsys.readouterr().out == "no orders in state cancelled\n"
@@ -242,6 +253,7 @@ def test_reads_of_nothing_say_so(capsys: pytest.CaptureFixture[str], work: Path)
     assert capsys.readouterr() == ("", "")
 
 
+@pytest.mark.usefixtures("ledger_there")
 def test_check_without_credentials_is_exit_2_after_checking_the_rest(
     capsys: pytest.CaptureFixture[str], work: Path
 ) -> None:
@@ -269,5 +281,23 @@ def test_check_reports_an_unreachable_ledger_and_a_provider_that_is_down(
     )
     assert main(["check"]) == EXIT_FAILED
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith("ledger    FAIL  ledger sqlite:////nonexistent/d/x.db is unavailable")
+    assert out[1].startswith("ledger    FAIL  no ledger exists at /nonexistent/d/x.db")
     assert out[2].startswith("provider  FAIL  iletiMerkezi get-balance: ConnectError")
+
+
+def test_logs_escape_control_characters_in_both_forms(
+    capsys: pytest.CaptureFixture[str], work: Path
+) -> None:
+    line = (
+        '{"timestamp": "2030-01-01T10:00:00Z", "level": "info", "event": "x", "m": "a\x9bb\u202e"}'
+    )
+    (work / "log.jsonl").write_text(line + "\n", encoding="utf-8")
+
+    assert main(["logs"]) == 0
+    human = capsys.readouterr().out
+    assert main(["logs", "--json"]) == 0
+    raw = capsys.readouterr().out
+
+    assert "\x9b" not in human + raw and "\u202e" not in human + raw
+    assert human.endswith("info  x  -  m=a\\x9bb\\u202e\n")
+    assert json.loads(raw) == json.loads(line)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -229,6 +230,43 @@ def test_an_out_of_range_value_is_an_error_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(text), environ={})
+
+
+def _numeric_keys() -> list[tuple[str, str]]:
+    """Every (section, key) of the config whose value is a number, new keys included."""
+    config = Config()
+    return [
+        (section.name, key.name)
+        for section in fields(Config)
+        if is_dataclass(value := getattr(config, section.name))
+        for key in fields(value)
+        if isinstance(getattr(value, key.name), int | float)
+        and not isinstance(getattr(value, key.name), bool)
+    ]
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_the_numeric_keys_are_found() -> None:
+    assert {"windows.warn_before_seconds", "scheduler.max_concurrent_cancels"} <= {
+        f"{section}.{key}" for section, key in NUMERIC_KEYS
+    }
+
+
+@pytest.mark.parametrize("number", ["nan", "inf", "+inf", "-inf", "-nan"])
+@pytest.mark.parametrize(("section", "key"), NUMERIC_KEYS)
+def test_nan_and_infinity_are_refused_for_every_numeric_key_naming_it(
+    write_config: Callable[[str], Path], section: str, key: str, number: str
+) -> None:
+    path = write_config(f"[{section}]\n{key} = {number}\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+
+    message = str(caught.value)
+    assert message.startswith(f"{section}.{key} in {path} must be a "), message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../../etc/passwd"])

@@ -21,6 +21,7 @@ from ledger import (
     LedgerError,
     LedgerUnavailable,
     NaiveDatetimeError,
+    NoLedger,
     Order,
     OrderNotFound,
     OrderState,
@@ -541,6 +542,36 @@ BAD_CALLS = [
         id="label-too-long",
     ),
     pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="two\nlines"),
+        InvalidInput,
+        "label contains the control character U\\+000A at position 4",
+        id="label-newline",
+    ),
+    pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="\x1b[31mred"),
+        InvalidInput,
+        "label contains the control character U\\+001B at position 1",
+        id="label-escape-sequence",
+    ),
+    pytest.param(
+        lambda lg: lg.register("new", send_at=_far(lg), label="abc\u202e"),
+        InvalidInput,
+        "U\\+202E",
+        id="label-bidi-override",
+    ),
+    pytest.param(
+        lambda lg: lg.register_many([("n1", _far(lg)), ("n2", _far(lg), "a\x9bb")]),
+        InvalidInput,
+        "order n2: label contains the control character U\\+009B",
+        id="batch-label-c1-control",
+    ),
+    pytest.param(
+        lambda lg: lg.register_many([("n1", _far(lg))], label="\u2028"),
+        InvalidInput,
+        "U\\+2028",
+        id="batch-default-label-line-separator",
+    ),
+    pytest.param(
         lambda lg: lg.request_cancel("unknown"),
         OrderNotFound,
         "order unknown is not in the ledger",
@@ -666,3 +697,70 @@ def test_orders_are_listed_by_send_time_and_filtered_by_state_and_send_time_rang
         send_before=base + timedelta(minutes=31),
     ) == ["a", "c"]
     assert ids(limit=3) == ["a", "b", "c"]
+
+
+# -- opening: a ledger that must exist, a damaged file -------------------------------------------
+
+
+def test_must_exist_refuses_a_missing_file_without_creating_it(tmp_path: Path) -> None:
+    path = tmp_path / "gone" / "ledger.db"
+    (tmp_path / "gone").mkdir()
+
+    with pytest.raises(NoLedger, match=rf"no ledger exists at {path} \(no such file\)"):
+        Ledger(f"sqlite:///{path}", must_exist=True)
+
+    assert list((tmp_path / "gone").iterdir()) == []
+
+
+def test_must_exist_refuses_an_empty_file_and_a_database_without_ledger_tables(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "empty.db").touch()
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        db.execute("CREATE TABLE unrelated (x)")
+
+    with pytest.raises(NoLedger, match="the file is empty"):
+        Ledger(f"sqlite:///{tmp_path / 'empty.db'}", must_exist=True)
+    with pytest.raises(NoLedger, match="holds no ledger tables"):
+        Ledger(f"sqlite:///{tmp_path / 'other.db'}", must_exist=True)
+
+    assert (tmp_path / "empty.db").stat().st_size == 0
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert tables == ["unrelated"]
+
+
+def test_must_exist_opens_an_existing_ledger_and_never_recreates_it_once_removed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(f"sqlite:///{path}") as first:
+        first.register("1", first.now() + timedelta(hours=1))
+
+    with Ledger(f"sqlite:///{path}", must_exist=True) as ledger:
+        assert [o.order_id for o in ledger.orders()] == ["1"]
+        ledger.store.dispose()
+        for leftover in tmp_path.iterdir():
+            leftover.unlink()
+        with pytest.raises(LedgerUnavailable, match="unable to open database file"):
+            ledger.orders()
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff" * 4096, b"just some text\n" * 300])
+def test_a_damaged_or_foreign_file_is_one_line_ledger_unavailable(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(content)
+
+    for must_exist in (False, True):
+        with pytest.raises(LedgerUnavailable) as caught:
+            Ledger(f"sqlite:///{path}", must_exist=must_exist)
+        message = str(caught.value)
+        assert message.startswith(f"ledger sqlite:///{path} is damaged or not a database ("), (
+            message
+        )
+        assert "\n" not in message
+    assert path.read_bytes() == content

@@ -16,9 +16,10 @@ import structlog
 from freezegun import freeze_time
 from structlog.testing import capture_logs
 
+import ledger.logsetup
 from ledger import CancelRefused, Ledger, Order, OrderState, configure_logging
 from ledger.config import LogConfig
-from ledger.logsetup import REDACTED, SecretRedactor
+from ledger.logsetup import REDACTED, SecretRedactor, log_write_failures
 
 S = OrderState
 KEY = "log-test-key-5f1c2a"
@@ -273,6 +274,55 @@ def test_non_ascii_text_is_written_as_utf_8(tmp_path: Path) -> None:
     structlog.get_logger("test").info("provider_message", message="Üyelik bilgileri hatalı")
 
     assert "Üyelik bilgileri hatalı" in log_file.read_text(encoding="utf-8")
+
+
+# -- a log that cannot be written ---------------------------------------------------------------
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+
+
+@pytest.fixture
+def unreported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The once-per-process stderr report of a failed log write has not happened yet."""
+    monkeypatch.setattr(ledger.logsetup, "_reported", False)
+
+
+@needs_dev_full
+@pytest.mark.usefixtures("unreported")
+def test_a_full_log_file_is_counted_reported_once_on_stderr_and_work_carries_on(
+    capsys: pytest.CaptureFixture[str], ledger_factory: Callable[..., Ledger]
+) -> None:
+    before = log_write_failures()
+    configure_logging(LogConfig(path="/dev/full"))
+
+    structlog.get_logger("test").info("lost", n=1)
+    structlog.get_logger("test").error("lost", n=2)
+    book = ledger_factory()
+    book.register("o1", send_at=book.now() + timedelta(hours=1))
+    book.request_cancel("o1")
+
+    assert book.get("o1").state is S.CANCEL_REQUESTED
+    assert log_write_failures() - before >= 4  # two lines above, registered, cancel requested
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "smsledger: cannot write the log /dev/full: No space left on device; carrying on without it"
+    ]
+
+
+@pytest.mark.usefixtures("unreported")
+def test_a_closed_log_stream_is_counted_and_does_not_raise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = log_write_failures()
+    buffer = log_to_buffer()
+    buffer.close()
+
+    structlog.get_logger("test").info("lost")
+    structlog.get_logger("test").info("lost again")
+
+    assert log_write_failures() - before == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("smsledger: cannot write the log on stderr: ")
 
 
 # -- secrets -----------------------------------------------------------------------------------
