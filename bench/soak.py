@@ -12,9 +12,9 @@
   registers them (`Ledger.register`) with send times spread over the run, and asks for cancels
   (`Ledger.request_cancel`) at distances from the send time in every margin zone (open, warn,
   refuse, past) -- some never, some twice;
-- the sandbox's faults, changed every fault period by a seeded random schedule, every kind the
-  sandbox knows at once (kinds it does not list in ``GET /_sandbox/faults`` are left out, and
-  the summary says so).
+- the sandbox's faults, changed every 30 s (less in short runs) by a schedule drawn from the
+  seed, every kind the sandbox knows at once, all rates together at most 0.3 (kinds it does not
+  list in ``GET /_sandbox/faults`` are left out, and the summary says so); none while settling.
 
 Margins scale with the run: at 10 minutes refuse_before is 20 s, warn_before 60 s and the queue
 lead 30 s; at 2.5 minutes or less a quarter of that. After the last send time the soak waits for
@@ -23,6 +23,9 @@ order final, no ``cancelling`` left, at most one accepted cancel per order and n
 it, the ledger's outcome agrees with the provider's truth (``needs_attention`` is listed, not
 counted), the caller's cancels were accepted or refused as their margin says, nothing in any log
 says "crashed" or "Traceback", and the daemons stopped cleanly.
+
+The ledger, configs and logs go to a temporary folder, removed after a run that passed and kept
+(the path is printed) after one that did not; ``--workdir`` keeps them anywhere.
 
 Exit status: 0 every check passed, 1 a check failed (or the soak could not run), 2 bad arguments.
 """
@@ -68,6 +71,11 @@ NEW_FIELDS = (
     "nested_rate",
     "huge_rate",
     "clock_offset",
+)
+#: Every field of ``GET /_sandbox/faults`` the soak knows (it leaves the endpoint scope and the
+#: one-shot counters alone).
+KNOWN_FIELDS = frozenset(
+    {*RATE_FIELDS, *NEW_FIELDS, "latency", "endpoints", "fail_next", "drop_next", "garbage_next"}
 )
 #: Words that must not appear in any log of the run.
 CRASH_WORDS = ("crashed", "Traceback")
@@ -143,7 +151,7 @@ def plan_orders(rng: random.Random, n: int, timing: Timing) -> list[OrderPlan]:
                 (0.15, rng.uniform(timing.queue_lead + 1, timing.warn - 0.5)),
                 (0.15, rng.uniform(timing.refuse + 1, timing.queue_lead - 0.5)),
                 (0.15, rng.uniform(0.5, timing.refuse - 0.5)),
-                (0.05, -rng.uniform(0.5, 5.0)),
+                (0.05, -rng.uniform(0.5, timing.refuse / 2)),
             ]
             pick, acc = rng.random() * sum(w for w, _ in zones), 0.0
             distance = zones[-1][1]
@@ -378,6 +386,7 @@ class Run:
     plans: list[OrderPlan]
     fault_windows: list[tuple[float, dict[str, Any], str | None]] = field(default_factory=list)
     missing_kinds: list[str] = field(default_factory=list)
+    unused_kinds: list[str] = field(default_factory=list)  # the sandbox has them, the soak not
     killed: list[str] = field(default_factory=list)
     caller_lag: float = 0.0  # the caller's worst delay behind its schedule (s)
     settle_seconds: float = 0.0
@@ -397,6 +406,7 @@ def caller_loop(
     timing = run.timing
     available = sandbox.fault_fields()
     run.missing_kinds = [name for name in NEW_FIELDS if name not in available]
+    run.unused_kinds = sorted(available - KNOWN_FIELDS)
     start_wall = datetime.now(UTC)
     start = time.monotonic()
     events: list[tuple[float, int, str, Any]] = []
@@ -862,6 +872,9 @@ def print_summary(
     if run.missing_kinds:
         missing = ", ".join(run.missing_kinds)
         say(f"fault kinds this sandbox does not have (not injected): {missing}")
+    if run.unused_kinds:
+        unused = ", ".join(run.unused_kinds)
+        say(f"fault kinds this sandbox has that the soak does not set: {unused}")
     for line in refused:
         say(f"  faults {line}")
     for line in run.killed:
