@@ -812,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         ok = soak(args, seed, rng, timing, folder)
+    except Exception as exc:  # a script's one line: the soak could not run at all
+        say(f"the soak could not run: {type(exc).__name__}: {exc}")
     finally:
         if args.workdir is None and ok:
             shutil.rmtree(folder, ignore_errors=True)
