@@ -495,7 +495,7 @@ def capture_pass(ledger: Ledger) -> list[Executed]:
         conn.info["bench_started"] = time.perf_counter()
 
     def after(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "orders" in statement:  # not BEGIN, COMMIT, PRAGMA or schema checks
+        if "smsledger_orders" in statement:  # not BEGIN, COMMIT, PRAGMA or schema checks
             seconds = time.perf_counter() - conn.info.pop("bench_started")
             executed.append(Executed(statement, parameters, seconds))
 

@@ -88,7 +88,9 @@ def build(path: Path, scheduled: int, final: int) -> dict[str, int]:
         ledger.close()
     conn = sqlite3.connect(path)
     try:
-        return dict(conn.execute("SELECT state, count(*) FROM orders GROUP BY state").fetchall())
+        return dict(
+            conn.execute("SELECT state, count(*) FROM smsledger_orders GROUP BY state").fetchall()
+        )
     finally:
         conn.close()
 

@@ -103,20 +103,21 @@ def raw_bulk(url: str, schema: str, rows: Sequence[tuple[str, datetime]], *, cop
         event_rows = [(oid, now, None, "scheduled", "registered", None) for oid, _ in rows]
         with conn.cursor() as cur:
             if copy:
-                with cur.copy(f"COPY orders ({_ORDER_COLS}) FROM STDIN") as out:
+                with cur.copy(f"COPY smsledger_orders ({_ORDER_COLS}) FROM STDIN") as out:
                     for order_row in order_rows:
                         out.write_row(order_row)
-                with cur.copy(f"COPY order_events ({_EVENT_COLS}) FROM STDIN") as out:
+                with cur.copy(f"COPY smsledger_order_events ({_EVENT_COLS}) FROM STDIN") as out:
                     for event_row in event_rows:
                         out.write_row(event_row)
             else:
                 cur.executemany(
-                    f"INSERT INTO orders ({_ORDER_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s)",
+                    f"INSERT INTO smsledger_orders ({_ORDER_COLS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     order_rows,
                 )
                 cur.executemany(
-                    f"INSERT INTO order_events ({_EVENT_COLS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                    f"INSERT INTO smsledger_order_events ({_EVENT_COLS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
                     event_rows,
                 )
         conn.commit()
@@ -128,11 +129,11 @@ def _contents(url: str, schema: str) -> Any:
         return (
             conn.execute(
                 "SELECT order_id, send_at, state, label, reason, cancel_attempts, check_attempts "
-                "FROM orders ORDER BY order_id"
+                "FROM smsledger_orders ORDER BY order_id"
             ).fetchall(),
             conn.execute(
                 "SELECT order_id, from_state, to_state, reason, coalesce(details::text, 'null') "
-                "FROM order_events ORDER BY id"
+                "FROM smsledger_order_events ORDER BY id"
             ).fetchall(),
         )
 
@@ -206,16 +207,16 @@ def _build(url: str, schema: str, n: int, final: int) -> None:
         event_rows.append((oid, now, "scheduled", state, "bench", None))
     with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
         with conn.cursor() as cur:
-            with cur.copy(f"COPY orders ({_ORDER_COLS}) FROM STDIN") as out:
+            with cur.copy(f"COPY smsledger_orders ({_ORDER_COLS}) FROM STDIN") as out:
                 for order_row in order_rows:
                     out.write_row(order_row)
-            with cur.copy(f"COPY order_events ({_EVENT_COLS}) FROM STDIN") as out:
+            with cur.copy(f"COPY smsledger_order_events ({_EVENT_COLS}) FROM STDIN") as out:
                 for event_row in event_rows:
                     out.write_row(event_row)
         conn.commit()
         conn.autocommit = True
-        conn.execute("ANALYZE orders")
-        conn.execute("ANALYZE order_events")
+        conn.execute("ANALYZE smsledger_orders")
+        conn.execute("ANALYZE smsledger_order_events")
 
 
 def _plans(url: str) -> list[tuple[Executed, list[str]]]:

@@ -19,13 +19,13 @@ from ledger import Ledger
 
 #: What the ledger writes for a new order; the raw baseline writes the same.
 _ORDER_SQL = (
-    "INSERT INTO orders (order_id, send_at, state, label, reason, cancel_attempts, "
+    "INSERT INTO smsledger_orders (order_id, send_at, state, label, reason, cancel_attempts, "
     "check_attempts, created_at, updated_at) VALUES (?, ?, 'scheduled', NULL, 'registered', 0, 0, "
     "?, ?)"
 )
 #: A registration event has no details (the ledger may store SQL NULL or the JSON text 'null').
 _EVENT_SQL = (
-    "INSERT INTO order_events (order_id, at, from_state, to_state, reason, details) "
+    "INSERT INTO smsledger_order_events (order_id, at, from_state, to_state, reason, details) "
     "VALUES (?, ?, NULL, 'scheduled', 'registered', NULL)"
 )
 BULK_REPEATS = 3
@@ -89,8 +89,12 @@ def same_rows(a: Path, b: Path) -> bool:
         try:
             contents.append(
                 (
-                    conn.execute(f"SELECT {order_cols} FROM orders ORDER BY order_id").fetchall(),
-                    conn.execute(f"SELECT {event_cols} FROM order_events ORDER BY id").fetchall(),
+                    conn.execute(
+                        f"SELECT {order_cols} FROM smsledger_orders ORDER BY order_id"
+                    ).fetchall(),
+                    conn.execute(
+                        f"SELECT {event_cols} FROM smsledger_order_events ORDER BY id"
+                    ).fetchall(),
                 )
             )
         finally:

@@ -8,6 +8,7 @@ from ledger._clock import utcnow
 from ledger.api import Ledger
 from ledger.config import Config, load_config
 from ledger.errors import (
+    CancelNotPossible,
     CancelRefused,
     ConfigError,
     IllegalTransition,
@@ -29,6 +30,7 @@ from ledger.store import TransitionResult
 __all__ = [
     "FINAL_STATES",
     "TRANSITIONS",
+    "CancelNotPossible",
     "CancelRefused",
     "Config",
     "ConfigError",

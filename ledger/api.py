@@ -12,6 +12,7 @@ import structlog
 from ledger._clock import ensure_aware, utcnow
 from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
+    CancelNotPossible,
     CancelRefused,
     InvalidInput,
     NoLedger,
@@ -290,7 +291,10 @@ class Ledger:
 
         Returns the order in ``cancel_requested`` (or unchanged when a cancel is already under way
         or finished: ours is idempotent even though the provider's is not). Raises `CancelRefused`
-        inside the refuse margin or past dispatch, `OrderNotFound` for an unknown id.
+        inside the refuse margin or past dispatch (and for ``cancel_refused`` and ``dispatched``
+        orders), `CancelNotPossible` (its parent) for an order that ended ``too_late``,
+        ``not_found`` or ``needs_attention``, `OrderNotFound` for an unknown id. A normal return
+        always means the order is cancelled or on its way to being cancelled.
         """
         oid = check_order_id(order_id)
         for _ in range(3):  # a lost race means the state moved: decide again on the new state
@@ -304,7 +308,7 @@ class Ledger:
             if order.state in (OrderState.CANCEL_REFUSED, OrderState.DISPATCHED):
                 raise CancelRefused(order, left)
             if order.state is not OrderState.SCHEDULED:
-                return order  # too_late / not_found / needs_attention: the outcome stands
+                raise CancelNotPossible(order)  # too_late / not_found / needs_attention
             where = window(order.send_at, now, self.warn_before, self.refuse_before)
             if where in (Window.REFUSE, Window.PAST):
                 result = self._refuse(order, now, where)

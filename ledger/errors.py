@@ -10,7 +10,8 @@ LedgerError                      the root: anything the ledger refuses or cannot
 │   └── NaiveDatetimeError
 ├── RegistrationConflict         same order id registered again with another send time
 ├── OrderNotFound                the order id is not in the ledger
-├── CancelRefused                the cancel came too close to (or after) dispatch
+├── CancelNotPossible            the order reached a final state other than cancelled
+│   └── CancelRefused            the cancel came too close to (or after) dispatch
 └── IllegalTransition            a state change the transition table does not allow
 """
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from ledger.models import Order
 
 __all__ = [
+    "CancelNotPossible",
     "CancelRefused",
     "ConfigError",
     "IllegalTransition",
@@ -103,13 +105,27 @@ class OrderNotFound(LedgerError):
         super().__init__(f"order {order_id} is not in the ledger")
 
 
-class CancelRefused(LedgerError):
+class CancelNotPossible(LedgerError):
+    """The order can no longer be cancelled: it ended in a final state other than cancelled.
+
+    `order` is the order as it stands (``too_late``, ``not_found``, ``needs_attention``, or, for
+    `CancelRefused`, ``cancel_refused`` and ``dispatched``); its `reason` says why.
+    """
+
+    def __init__(self, order: Order, message: str | None = None) -> None:
+        self.order = order
+        if message is None:
+            why = f" ({order.reason})" if order.reason else ""
+            message = f"order {order.order_id} cannot be cancelled: it is {order.state}{why}"
+        super().__init__(message)
+
+
+class CancelRefused(CancelNotPossible):
     """The cancel was refused because dispatch is too close or already past."""
 
     def __init__(self, order: Order, seconds_left: float) -> None:
-        self.order = order
         self.seconds_left = seconds_left
-        super().__init__(f"cancel of order {order.order_id} refused: {order.reason}")
+        super().__init__(order, f"cancel of order {order.order_id} refused: {order.reason}")
 
 
 class IllegalTransition(LedgerError):

@@ -2,6 +2,11 @@
 
 Rows never leave the store module: callers get frozen `Order` and `Event` values, so nothing outside
 the store can change a row behind the transition function's back.
+
+The tables live in a registry and `METADATA` of their own, never on SQLModel's process-wide
+``SQLModel.metadata``: an application's ``SQLModel.metadata.create_all()`` does not create them,
+and its own models may use any names. Every table's name starts with ``smsledger_`` (tables added
+later too), so a ledger can share a database or schema with the application's tables.
 """
 
 from __future__ import annotations
@@ -12,13 +17,25 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from ledger.states import OrderState
 
-__all__ = ["Event", "EventRow", "Order", "OrderRow", "UTCDateTime"]
+__all__ = [
+    "EVENTS_TABLE",
+    "METADATA",
+    "ORDERS_TABLE",
+    "Event",
+    "EventRow",
+    "Order",
+    "OrderRow",
+    "UTCDateTime",
+]
 
 ORDER_ID_MAX = 64
+ORDERS_TABLE = "smsledger_orders"
+EVENTS_TABLE = "smsledger_order_events"
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -44,11 +61,20 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
-class OrderRow(SQLModel, table=True):
+_REGISTRY = registry()
+#: Every table of the ledger, and nothing else: what Alembic compares the revisions against.
+METADATA = _REGISTRY.metadata
+
+
+class _LedgerModel(SQLModel, registry=_REGISTRY):
+    """Base of the ledger's tables: SQLModel with the private registry (an abstract class)."""
+
+
+class OrderRow(_LedgerModel, table=True):
     """One scheduled order and where it stands."""
 
-    __tablename__ = "orders"
-    __table_args__ = (sa.Index("ix_orders_state_send_at", "state", "send_at"),)
+    __tablename__ = ORDERS_TABLE
+    __table_args__ = (sa.Index(f"ix_{ORDERS_TABLE}_state_send_at", "state", "send_at"),)
 
     order_id: str = Field(sa_column=sa.Column(sa.String(ORDER_ID_MAX), primary_key=True))
     send_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
@@ -72,10 +98,10 @@ class OrderRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
 
 
-class EventRow(SQLModel, table=True):
+class EventRow(_LedgerModel, table=True):
     """One state change; rows are only ever inserted."""
 
-    __tablename__ = "order_events"
+    __tablename__ = EVENTS_TABLE
 
     # 64 bits everywhere: SQLite's INTEGER PRIMARY KEY already is (and must stay INTEGER to be the
     # rowid); PostgreSQL's is BIGINT since schema revision 0002.
@@ -85,7 +111,10 @@ class EventRow(SQLModel, table=True):
     )
     order_id: str = Field(
         sa_column=sa.Column(
-            sa.String(ORDER_ID_MAX), sa.ForeignKey("orders.order_id"), nullable=False, index=True
+            sa.String(ORDER_ID_MAX),
+            sa.ForeignKey(f"{ORDERS_TABLE}.order_id"),
+            nullable=False,
+            index=True,
         )
     )
     at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

@@ -3,9 +3,15 @@
 Every `Ledger` brings its database to the newest revision this smsledger knows before it is used
 (`upgrade`); `migrate` does the same for ``smsledger migrate``. Where the ledger stands:
 
-- no ledger tables and no version table: a new ledger, created by running every revision;
-- ``orders`` and ``order_events`` but no version table: a ledger made before the schema was
-  versioned, which is revision 0001 (the baseline) exactly; it is stamped 0001, then upgraded;
+- no ledger tables and no version table: a new ledger, created from the models (`METADATA`) and
+  stamped with the newest revision (Alembic's "building an up to date database from scratch"):
+  running every revision would create the pre-0003 names first and fail beside an application's
+  own ``orders``; a test holds the two ways to the same schema;
+- ``orders`` and ``order_events`` (the names before revision 0003) with the baseline's columns but
+  no version table: a ledger made before the schema was versioned, which is revision 0001 (the
+  baseline) exactly; it is stamped 0001, then upgraded (and its tables renamed by 0003);
+- an ``orders`` table without the baseline's columns is the application's, not a ledger: the
+  ledger is created beside it under its own ``smsledger_`` names and leaves it alone;
 - a revision older than the newest: upgraded in place, every step in one transaction;
 - a revision this smsledger does not know: written by a newer smsledger, refused (`SchemaTooNew`)
   before anything is written.
@@ -28,6 +34,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from ledger.errors import SchemaError, SchemaTooNew
+from ledger.models import EVENTS_TABLE, METADATA, ORDERS_TABLE
 from ledger.store import Store, display_url
 
 if TYPE_CHECKING:
@@ -54,8 +61,11 @@ VERSION_TABLE = "smsledger_alembic_version"
 BASELINE = "0001"
 #: The newest revision in ``ledger/migrations`` (a test holds the two together). Opening a ledger
 #: already there reads one row and never imports Alembic, which costs a command ~0.3 s.
-HEAD = "0002"
-_LEDGER_TABLES = ("orders", "order_events")
+HEAD = "0003"
+#: The tables of a ledger made before versioning (named so until revision 0003).
+_UNVERSIONED_TABLES = ("orders", "order_events")
+#: The tables revision 0003 and later have.
+_LEDGER_TABLES = (ORDERS_TABLE, EVENTS_TABLE)
 #: Columns the baseline's ``orders`` has; a table of that name without them is not a ledger.
 _BASELINE_ORDER_COLUMNS = frozenset(
     {"order_id", "send_at", "state", "cancel_attempts", "claim_owner", "claim_expires_at"}
@@ -99,7 +109,7 @@ def known_revisions() -> frozenset[str]:
 
 def current_revision(conn: Connection) -> str | None:
     """The revision the ledger behind `conn` is at: None for no ledger, the baseline for an
-    unversioned one; `SchemaError` for tables that are no ledger at all."""
+    unversioned one; `SchemaError` for a damaged one."""
     inspector = sa.inspect(conn)
     if inspector.has_table(VERSION_TABLE):
         version = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
@@ -109,14 +119,23 @@ def current_revision(conn: Connection) -> str | None:
         if heads:
             return heads[0]
     tables = set(inspector.get_table_names())
-    present = [t for t in _LEDGER_TABLES if t in tables]
-    if not present:
-        return None
-    columns = {c["name"] for c in inspector.get_columns("orders")} if "orders" in tables else set()
-    if len(present) < len(_LEDGER_TABLES) or not _BASELINE_ORDER_COLUMNS.issubset(columns):
+    unversioned = [t for t in _LEDGER_TABLES if t in tables]
+    if unversioned:
         raise SchemaError(
-            f"the database has a table {present[0]!r} that is not part of an smsledger ledger "
-            "(or is a damaged one); point ledger.url at another database or schema"
+            f"the database has smsledger's table {unversioned[0]!r} but no schema revision in "
+            f"{VERSION_TABLE} (tables not made by smsledger's migrations?); point ledger.url at "
+            "another database or schema, or restore the ledger from a backup"
+        )
+    orders, events = _UNVERSIONED_TABLES
+    if orders not in tables:
+        return None  # an `order_events` alone is not a ledger either
+    if not _BASELINE_ORDER_COLUMNS.issubset(c["name"] for c in inspector.get_columns(orders)):
+        return None  # the application's own `orders`: the ledger's tables have other names
+    if events not in tables:
+        raise SchemaError(
+            f"the database has a ledger's table {orders!r} without its {events!r} "
+            "(a damaged ledger made before versioning); restore it from a backup or point "
+            "ledger.url at another database or schema"
         )
     return BASELINE
 
@@ -143,10 +162,16 @@ def upgrade(store: Store) -> tuple[str | None, str]:
             return found, head
         config = alembic_config(connection=conn)
         try:
-            if found == BASELINE and not _is_versioned(conn):
-                command.stamp(config, BASELINE)
-                log.info("ledger_schema_stamped", ledger=display_url(store.url), revision=BASELINE)
-            command.upgrade(config, "head")
+            if found is None:
+                METADATA.create_all(conn)
+                command.stamp(config, head)
+            else:
+                if found == BASELINE and not _is_versioned(conn):
+                    command.stamp(config, BASELINE)
+                    log.info(
+                        "ledger_schema_stamped", ledger=display_url(store.url), revision=BASELINE
+                    )
+                command.upgrade(config, "head")
         except (sa.exc.SQLAlchemyError, CommandError) as exc:  # rolled back on the way out
             detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise SchemaError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from ledger.models import OrderRow
+from ledger.models import METADATA
 from ledger.schema import VERSION_TABLE
 from ledger.store import Store
 
@@ -19,7 +19,7 @@ from ledger.store import Store
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=OrderRow.metadata,
+        target_metadata=METADATA,
         version_table=VERSION_TABLE,
         # SQLite DDL is transactional too; the caller's transaction holds the write lock.
         transactional_ddl=True,

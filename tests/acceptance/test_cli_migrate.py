@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_migrate_creates_then_reports_nothing_to_do(tmp_path: Path) -> None:
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert f"to {head_revision()}" in first.stdout
     assert "nothing to do" in second.stdout
-    with sqlite3.connect(tmp_path / "ledger.db") as db:
+    with closing(sqlite3.connect(tmp_path / "ledger.db")) as db:  # `with` alone leaves it open
         assert db.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [
             (head_revision(),)
         ]

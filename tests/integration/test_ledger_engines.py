@@ -451,7 +451,7 @@ def test_postgresql_stores_naive_utc_whatever_the_session_time_zone() -> None:
         with Ledger(url, clock=ManualClock(T0)) as tokyo:
             tokyo.register("tz", datetime(2030, 6, 1, 10, 0, tzinfo=UTC))
             with tokyo.store.read() as conn:
-                raw = conn.exec_driver_sql("SELECT send_at, created_at FROM orders").one()
+                raw = conn.exec_driver_sql("SELECT send_at, created_at FROM smsledger_orders").one()
                 zone = conn.exec_driver_sql("SHOW timezone").scalar()
             reread = tokyo.get("tz").send_at
         with Ledger(url) as utc_session:

@@ -21,7 +21,7 @@ from postgres import ENGINES, fresh_schema, ledger_url_for, require_postgres
 from structlog.testing import capture_logs
 
 from ledger import Ledger, LedgerError, OrderState, SchemaError, SchemaTooNew
-from ledger.models import OrderRow
+from ledger.models import METADATA
 from ledger.schema import BASELINE, HEAD, VERSION_TABLE, alembic_config, head_revision, migrate
 from ledger.store import Store
 
@@ -147,9 +147,9 @@ def versions(store: Store) -> list[str]:
         return list(conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
 
 
-def event_id_type(store: Store) -> str:
+def event_id_type(store: Store, table: str = "smsledger_order_events") -> str:
     with store.read() as conn:
-        columns = sa.inspect(conn).get_columns("order_events")
+        columns = sa.inspect(conn).get_columns(table)
     return str(next(c["type"] for c in columns if c["name"] == "id"))
 
 
@@ -192,7 +192,7 @@ def test_the_migrated_schema_is_the_schema_the_models_describe(
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
-        differences = compare_metadata(context, OrderRow.metadata)
+        differences = compare_metadata(context, METADATA)
 
     assert differences == []
 
@@ -242,7 +242,9 @@ def test_a_ledger_made_before_versioning_is_stamped_and_upgraded_in_place_with_i
         OrderState.CANCEL_REQUESTED,
     ]
     with store.read() as conn:
-        ids = list(conn.execute(sa.text("SELECT id FROM order_events ORDER BY id")).scalars())
+        ids = list(
+            conn.execute(sa.text("SELECT id FROM smsledger_order_events ORDER BY id")).scalars()
+        )
     assert ids == [1, 2, 3, 4, 5]  # the sequence carried on from the old rows
     if store.dialect == "postgresql":
         assert event_id_type(store) == "BIGINT"
@@ -283,14 +285,47 @@ def test_a_ledger_from_a_newer_smsledger_is_refused_naming_both_revisions_and_le
     assert snapshot(store) == before
 
 
-def test_tables_of_another_program_are_not_taken_for_a_ledger(
+def test_an_applications_own_orders_table_is_not_taken_for_a_ledger_and_is_left_alone(
     ledger_url: str, store: Store
 ) -> None:
+    """The ledger's tables have names of their own: a new ledger goes beside the app's."""
     with store.write() as conn:
         conn.execute(sa.text("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)"))
+        conn.execute(sa.text("INSERT INTO orders VALUES (1, 250)"))
+    before = snapshot(store)["orders"]
+
+    with Ledger(ledger_url) as ledger:
+        ledger.register("o1", datetime.now(UTC) + timedelta(hours=1))
+
+    assert versions(store) == [HEAD]
+    assert snapshot(store)["orders"] == before
+    assert [r[0] for r in snapshot(store)["smsledger_orders"]] == ["o1"]
+
+
+def test_a_ledger_made_before_versioning_without_its_history_table_is_refused_untouched(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    with store.write() as conn:
+        conn.execute(sa.text("DROP TABLE order_events"))
     before = snapshot(store)
 
-    with pytest.raises(SchemaError, match="table 'orders' that is not part of an smsledger"):
+    with pytest.raises(SchemaError, match="table 'orders' without its 'order_events'"):
+        Ledger(ledger_url)
+
+    assert snapshot(store) == before
+
+
+def test_smsledger_tables_without_a_schema_revision_are_refused_untouched(
+    ledger_url: str, store: Store
+) -> None:
+    """Tables made some other way (an app's ``create_all`` of the ledger's metadata) are not
+    guessed at: their revision is unknown."""
+    with store.write() as conn:
+        METADATA.create_all(conn)
+    before = snapshot(store)
+
+    with pytest.raises(SchemaError, match="table 'smsledger_orders' but no schema revision"):
         Ledger(ledger_url)
 
     assert snapshot(store) == before
@@ -317,7 +352,7 @@ def test_a_migration_that_fails_leaves_the_ledger_as_it_was_and_says_why_in_one_
             store.dispose()
 
     assert re.search(
-        r"migrating ledger .* from 0001 to 0002 failed: .*event_ids", str(failed.value)
+        rf"migrating ledger .* from 0001 to {HEAD} failed: .*event_ids", str(failed.value)
     )
     assert "\n" not in str(failed.value)
     assert str(failed.value).endswith("nothing was changed")
@@ -330,12 +365,109 @@ def test_revision_0002_goes_down_and_up_again(ledger_url: str, store: Store) -> 
 
     with store.schema_lock() as conn:
         command.downgrade(alembic_config(connection=conn), BASELINE)
-    down = (versions(store), event_id_type(store))
+    down = (versions(store), event_id_type(store, "order_events"))
     migrate(ledger_url)
 
     assert down[0] == [BASELINE]
     assert down[1] == "INTEGER"
     assert versions(store) == [HEAD]
+
+
+def upgrade_to(store: Store, revision: str) -> None:
+    """Bring a ledger made before versioning to `revision` and no further (as an old smsledger)."""
+    with store.schema_lock() as conn:
+        config = alembic_config(connection=conn)
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, revision)
+
+
+def schema_names(store: Store) -> list[tuple[str, str]]:
+    """Every named thing in the ledger's database or schema: tables, indexes, sequences and (on
+    PostgreSQL) constraints, as (kind, name)."""
+    with store.read() as conn:
+        if store.dialect == "sqlite":
+            rows = conn.execute(sa.text("SELECT type, name FROM sqlite_master"))
+        else:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relkind::text, c.relname::text FROM pg_class c "
+                    "WHERE c.relnamespace = current_schema()::regnamespace "
+                    "UNION ALL SELECT 'constraint', conname::text FROM pg_constraint "
+                    "WHERE connamespace = current_schema()::regnamespace"
+                )
+            )
+        return sorted((str(kind), str(name)) for kind, name in rows)
+
+
+def test_a_ledger_at_revision_0002_gets_the_prefixed_names_keeping_its_rows_and_history(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0002")
+    old = snapshot(store)
+
+    assert migrate(ledger_url) == ("0002", HEAD)
+
+    new = snapshot(store)
+    assert {"orders", "order_events"} & set(new) == set()
+    assert new["smsledger_orders"] == old["orders"]
+    assert new["smsledger_order_events"] == old["order_events"]
+    with Ledger(ledger_url, clock=lambda: T0) as ledger:
+        assert [e.to_state for e in ledger.history("old-1")] == [
+            OrderState.SCHEDULED,
+            OrderState.CANCEL_REQUESTED,
+        ]
+        ledger.register("new-1", T0 + timedelta(hours=2))
+    with store.read() as conn:
+        ids = conn.execute(sa.text("SELECT id FROM smsledger_order_events ORDER BY id")).scalars()
+        assert list(ids) == [1, 2, 3, 4]  # the id sequence carried on under its new name
+
+
+def test_an_upgraded_ledger_has_the_schema_of_a_new_one_down_to_every_name(
+    engine_name: str, ledger_url: str, store: Store, tmp_path: Path
+) -> None:
+    """New ledgers are created from the models; old ones reach the same schema through the
+    revisions: same tables, columns, indexes, constraint and sequence names."""
+    make_v0_ledger(store)
+    migrate(ledger_url)
+    (tmp_path / "new").mkdir()
+    with ledger_url_for(engine_name, tmp_path / "new") as new_url:
+        new_store = Store(new_url)
+        try:
+            migrate(new_url)
+            new_names = schema_names(new_store)
+        finally:
+            new_store.dispose()
+
+    with store.read() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+        )
+        differences = compare_metadata(context, METADATA)
+    assert differences == []
+    assert schema_names(store) == new_names
+    prefixes = ("smsledger_", "ix_smsledger_", "sqlite_autoindex_smsledger_")
+    assert all(name.startswith(prefixes) for _, name in new_names), new_names
+
+
+def test_revision_0003_goes_down_to_the_old_names_with_the_rows_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0002")
+    at_0002 = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0002")
+    down = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+
+    assert down == at_0002
+    assert versions(store) == [HEAD]
+    with Ledger(ledger_url) as ledger:
+        assert [o.order_id for o in ledger.orders()] == ["old-1", "old-2"]
 
 
 # -- several processes at once -----------------------------------------------------------------

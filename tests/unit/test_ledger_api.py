@@ -15,6 +15,7 @@ from freezegun import freeze_time
 from structlog.testing import capture_logs
 
 from ledger import (
+    CancelNotPossible,
     CancelRefused,
     InvalidInput,
     Ledger,
@@ -49,8 +50,8 @@ class ManualClock:
 def snapshot(ledger: Ledger) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Every column of every order and event row, to prove a refused call wrote nothing."""
     with ledger.store.read() as conn:
-        orders = conn.exec_driver_sql("SELECT * FROM orders ORDER BY order_id").all()
-        events = conn.exec_driver_sql("SELECT * FROM order_events ORDER BY id").all()
+        orders = conn.exec_driver_sql("SELECT * FROM smsledger_orders ORDER BY order_id").all()
+        events = conn.exec_driver_sql("SELECT * FROM smsledger_order_events ORDER BY id").all()
     return [tuple(r) for r in orders], [tuple(r) for r in events]
 
 
@@ -333,9 +334,11 @@ def test_asking_again_for_a_cancel_already_under_way_or_done_changes_nothing(
 
 
 @pytest.mark.parametrize("state", [S.TOO_LATE, S.NOT_FOUND, S.NEEDS_ATTENTION])
-def test_asking_for_a_cancel_whose_outcome_is_known_returns_the_order_unchanged(
+def test_asking_for_a_cancel_that_can_no_longer_happen_raises_cancel_not_possible_with_the_order(
     tmp_ledger: Ledger, order_factory: Callable[..., Order], state: OrderState
 ) -> None:
+    """A normal return means "cancelled or on its way": a final outcome other than cancelled is
+    an error the caller cannot mistake for an accepted cancel."""
     order = order_factory()
     tmp_ledger.request_cancel(order.order_id)
     now = tmp_ledger.now()
@@ -350,7 +353,17 @@ def test_asking_for_a_cancel_whose_outcome_is_known_returns_the_order_unchanged(
         )
     before = snapshot(tmp_ledger)
 
-    assert tmp_ledger.request_cancel(order.order_id).state is state
+    with pytest.raises(CancelNotPossible) as impossible:
+        tmp_ledger.request_cancel(order.order_id)
+
+    assert not isinstance(impossible.value, CancelRefused)
+    assert isinstance(impossible.value, LedgerError)
+    assert impossible.value.order == tmp_ledger.get(order.order_id)
+    assert impossible.value.order.state is state
+    assert str(impossible.value) == (
+        f"order {order.order_id} cannot be cancelled: it is {state.value} "
+        f"({impossible.value.order.reason})"
+    )
     assert snapshot(tmp_ledger) == before
 
 
@@ -366,7 +379,24 @@ def test_asking_for_a_cancel_of_a_dispatched_order_is_refused_without_a_new_even
         tmp_ledger.request_cancel(order.order_id)
 
     assert refused.value.order.state is S.DISPATCHED
+    assert str(refused.value) == f"cancel of order {order.order_id} refused: due"
     assert snapshot(tmp_ledger) == before
+
+
+def test_every_refused_cancel_is_also_a_cancel_not_possible(
+    frozen: tuple[Ledger, Callable[[datetime], None]],
+) -> None:
+    """One `except CancelNotPossible` handles every cancel that will not happen."""
+    ledger, move_to = frozen
+    ledger.register("o1", send_at=SEND_AT)
+    move_to(SEND_AT - timedelta(minutes=1))
+
+    with pytest.raises(CancelNotPossible) as refused:
+        ledger.request_cancel("o1")
+
+    assert isinstance(refused.value, CancelRefused)
+    assert refused.value.order.state is S.CANCEL_REFUSED
+    assert refused.value.seconds_left == 60.0
 
 
 # -- register_many -----------------------------------------------------------------------------
