@@ -44,7 +44,7 @@ import structlog
 
 from ledger import (
     FINAL_STATES,
-    CancelRefused,
+    CancelNotPossible,
     Config,
     ConfigError,
     InvalidInput,
@@ -143,7 +143,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (OrderNotFound, EXIT_USAGE),
     (RegistrationConflict, EXIT_USAGE),
     (SendTimeError, EXIT_USAGE),
-    (CancelRefused, EXIT_FAILED),
+    (CancelNotPossible, EXIT_FAILED),
     (LedgerUnavailable, EXIT_FAILED),
     (LedgerError, EXIT_FAILED),
     (ProviderError, EXIT_FAILED),
@@ -318,10 +318,10 @@ def _cmd_cancel(args: argparse.Namespace, ctx: _Context) -> int:
         for order_id in args.order_ids:
             try:
                 order = ledger.request_cancel(order_id)
-            except (CancelRefused, OrderNotFound, InvalidInput) as exc:
+            except (CancelNotPossible, OrderNotFound, InvalidInput) as exc:
                 _error(str(exc))
                 code = max(code, exit_code_for(exc) or EXIT_FAILED)
-                if isinstance(exc, CancelRefused):
+                if isinstance(exc, CancelNotPossible):
                     asked.append(exc.order)
                 continue
             asked.append(order)

@@ -323,6 +323,30 @@ def test_cancel_wait_fails_fast_on_a_final_state_that_is_not_cancelled(
     assert_one_error_line(result, "cancel of order late refused")
 
 
+def test_cancel_of_an_order_that_ended_too_late_says_so_and_still_handles_the_others(
+    work: Path, book: Ledger
+) -> None:
+    """`request_cancel` raises CancelNotPossible there; the command prints it and goes on."""
+    book.register("gone", book.now() + timedelta(hours=2))
+    book.register("next", book.now() + timedelta(hours=2))
+    book.request_cancel("gone")
+    book.store.transition(
+        "gone",
+        OrderState.CANCEL_REQUESTED,
+        OrderState.TOO_LATE,
+        now=book.now(),
+        reason="provider reports sending in progress (113)",
+    )
+    result = run(work, "cancel", "gone", "next")
+    assert result.code == 1
+    assert [line.split()[:2] for line in result.out.splitlines()[1:]] == [
+        ["gone", "too_late"],
+        ["next", "cancel_requested"],
+    ]
+    assert_one_error_line(result, "order gone cannot be cancelled", "too_late")
+    assert book.get("next").state is OrderState.CANCEL_REQUESTED
+
+
 # -- bad input, config and ledger errors -------------------------------------------------------
 
 
