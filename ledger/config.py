@@ -110,6 +110,19 @@ class Config:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    def credentials_problem(self) -> str | None:
+        """Why the provider cannot be called with this config, or None when it can."""
+        if self.api.has_credentials:
+            return None
+        where = f"in {self.source} " if self.source else f"in {DEFAULT_CONFIG_NAME} "
+        return f"no API credentials: set api.key and api.hash {where}or {ENV_KEY} / {ENV_HASH}"
+
+    def require_credentials(self) -> None:
+        """Raise ConfigError (exit 2) unless the API key and hash are both set."""
+        problem = self.credentials_problem()
+        if problem is not None:
+            raise ConfigError(problem)
+
     def redacted(self) -> dict[str, Any]:
         """The config as a dict fit for a log line: credentials shown only as set or not."""
         out: dict[str, Any] = {"timezone": self.timezone, "source": self.source}

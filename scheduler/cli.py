@@ -60,7 +60,7 @@ from ledger import (
     utcnow,
 )
 from ledger.api import check_label
-from ledger.config import ENV_HASH, ENV_KEY, find_config_path
+from ledger.config import find_config_path
 from ledger.margins import Window, window
 from ledger.store import display_url
 from scheduler._cliformat import (
@@ -211,21 +211,9 @@ def _when(text: str, option: str, ctx: _Context) -> datetime:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _require_credentials(config: Config) -> None:
-    if not config.api.has_credentials:
-        where = f"in {config.source} " if config.source else "in smsledger.toml "
-        raise ConfigError(
-            f"no API credentials: set api.key and api.hash {where}or {ENV_KEY} / {ENV_HASH}"
-        )
-
-
 def _client(config: Config) -> IletiMerkeziClient:
-    return IletiMerkeziClient(
-        config.api.base_url,
-        config.api.key,
-        config.api.hash,
-        timeout=config.api.timeout_seconds,
-    )
+    config.require_credentials()
+    return IletiMerkeziClient.from_config(config.api)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -254,7 +242,7 @@ def _cmd_send(args: argparse.Namespace, ctx: _Context) -> int:
         check_label(args.label)
     except InvalidInput as exc:
         raise UsageError(f"--label: {exc}") from None
-    _require_credentials(config)
+    config.require_credentials()
     try:  # the client would refuse it too, but only after the ledger is opened
         format_send_datetime(send_at, PROVIDER_ZONE, utcnow())
     except SendTimeError as exc:
@@ -507,12 +495,9 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
     except LedgerError as exc:
         fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))
-    if not config.api.has_credentials:
-        fail(
-            "provider",
-            EXIT_USAGE,
-            f"no API credentials: set api.key and api.hash or {ENV_KEY} / {ENV_HASH}",
-        )
+    problem = config.credentials_problem()
+    if problem is not None:
+        fail("provider", EXIT_USAGE, problem)
     else:
         try:
             with _client(config) as client:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpcore
@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "MAX_ANSWER_BYTES",
     "PROVIDER_ZONE",
+    "ApiSettings",
     "Balance",
     "CancelAnswer",
     "IletiMerkeziClient",
@@ -280,6 +281,19 @@ def _bound_by_deadline(transport: httpx.BaseTransport) -> None:
         pool._network_backend = _DeadlineBackend(backend)
 
 
+class ApiSettings(Protocol):
+    """What `IletiMerkeziClient.from_config` reads: the `[api]` section of smsledger's config."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def timeout_seconds(self) -> float: ...
+
+
 class IletiMerkeziClient:
     """A thread-safe client of the iletiMerkezi JSON API, without retries.
 
@@ -322,6 +336,20 @@ class IletiMerkeziClient:
         for mounted in (self._http._transport, *self._http._mounts.values()):
             if mounted is not None:
                 _bound_by_deadline(mounted)
+
+    @classmethod
+    def from_config(
+        cls, api: ApiSettings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> Self:
+        """The client the command and the daemon use: the `[api]` section's URL, credentials and
+        call deadline (`sendDateTime` always in the provider's zone, whatever `timezone` says)."""
+        return cls(
+            api.base_url or DEFAULT_BASE_URL,
+            api.key,
+            api.hash,
+            timeout=api.timeout_seconds,
+            max_connections=max_connections,
+        )
 
     @property
     def call_deadline(self) -> float:

@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, utcnow
+from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
 from scheduler.cancelling import CancelSequence
 from scheduler.client import DEFAULT_TIMEOUT_SECONDS, IletiMerkeziClient
@@ -577,19 +577,11 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
     `owner` replaces the claim owner id (`make_owner`), for tests that stand for daemons on
     other hosts.
     """
-    if not config.api.has_credentials:
-        raise ConfigError(
-            "api.key and api.hash are required to run the daemon: set them in the config file "
-            "or in ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH"
-        )
+    config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
     ledger = Ledger.from_config(config, setup_logging=False)
-    client = IletiMerkeziClient(
-        config.api.base_url,
-        config.api.key,
-        config.api.hash,
-        timeout=config.api.timeout_seconds,
-        max_connections=max(8, config.scheduler.max_concurrent_cancels * 2),
+    client = IletiMerkeziClient.from_config(
+        config.api, max_connections=max(8, config.scheduler.max_concurrent_cancels * 2)
     )
     daemon = Daemon(
         ledger,

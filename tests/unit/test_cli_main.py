@@ -117,7 +117,7 @@ def test_usage_errors_are_one_line_exit_2(
         (["logs", "--since", "2030-01-01"], ["--since", "'2030-01-01'", "without a time"]),
         (["logs", "--since", "1w"], ["--since", "'1w'", "30s, 10m, 2h, 1d"]),
         ([*SEND, "--at", in_an_hour()], ["no API credentials", "ILETIMERKEZI_API_KEY"]),
-        (["run", "--once"], ["api.key and api.hash are required"]),
+        (["run", "--once"], ["no API credentials", "ILETIMERKEZI_API_KEY"]),
     ],
 )
 def test_input_errors_are_one_line_exit_2(
@@ -262,12 +262,12 @@ def test_check_without_credentials_is_exit_2_after_checking_the_rest(
     assert captured.out.splitlines() == [
         f"config    ok    {work / 'smsledger.toml'}",
         f"ledger    ok    sqlite:///{work / 'ledger.db'}",
-        "provider  FAIL  no API credentials: set api.key and api.hash or ILETIMERKEZI_API_KEY / "
-        "ILETIMERKEZI_API_HASH",
+        "provider  FAIL  no API credentials: set api.key and api.hash in smsledger.toml or "
+        "ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH",
     ]
     assert captured.err.splitlines() == [
-        "smsledger: error: provider: no API credentials: set api.key and api.hash or "
-        "ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH"
+        "smsledger: error: provider: no API credentials: set api.key and api.hash in "
+        "smsledger.toml or ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH"
     ]
 
 
