@@ -1,8 +1,7 @@
 """The example configuration, shipped inside the package so an installed smsledger can print it.
 
-``ledger/config.example.toml`` is package data (a test holds it identical to the repository's
-top-level ``config.example.toml``, which the README links), read through `importlib.resources`
-so it works from a wheel, an sdist install or a zip alike.
+``ledger/config.example.toml`` is package data and the only copy (the README links it), read
+through `importlib.resources` so it works from a wheel, an sdist install or a zip alike.
 """
 
 from __future__ import annotations

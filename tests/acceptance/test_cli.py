@@ -8,6 +8,7 @@ suite quick: each start of the command costs most of a second (SQLAlchemy's impo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -751,9 +752,12 @@ def test_control_characters_an_older_version_stored_are_printed_escaped(
 ) -> None:
     book.register("41", datetime(2030, 1, 1, 7, 0, tzinfo=UTC), "x")
     hostile = "promo\n42        cancelled\x1b[2J\u202e"
-    with sqlite3.connect(work / "ledger.db") as db:  # as a version without the check wrote it
-        db.execute("UPDATE orders SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07"))
-        db.execute("UPDATE order_events SET reason = ?", ("bad\nreason",))
+    # As a version without the check wrote it.
+    with contextlib.closing(sqlite3.connect(work / "ledger.db")) as db, db:
+        db.execute(
+            "UPDATE smsledger_orders SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07")
+        )
+        db.execute("UPDATE smsledger_order_events SET reason = ?", ("bad\nreason",))
     shown = "promo\\n42        cancelled\\x1b[2J\\u202e"
 
     listed, status, history, as_json = run_all(

@@ -22,12 +22,13 @@ from ledger._example import example_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_packaged_example_config_is_the_documented_one() -> None:
-    """The README links the top-level file; the package carries a copy: they never differ."""
-    top = (REPO / "config.example.toml").read_text(encoding="utf-8")
+def test_the_packaged_example_config_is_the_one_the_readme_links() -> None:
+    """One copy only: the package data file, which the README links and the loader reads."""
+    packaged = (REPO / "ledger" / "config.example.toml").read_text(encoding="utf-8")
 
-    assert (REPO / "ledger" / "config.example.toml").read_text(encoding="utf-8") == top
-    assert example_config() == top
+    assert "(ledger/config.example.toml)" in (REPO / "README.md").read_text(encoding="utf-8")
+    assert not (REPO / "config.example.toml").exists()
+    assert example_config() == packaged
 
 
 def test_the_deployment_constraints_pin_every_dependency_inside_its_declared_range() -> None:
@@ -94,4 +95,4 @@ def test_the_wheel_ships_migrations_example_config_and_licence(tmp_path: Path) -
     )
     where, _, text = read.stdout.partition("\n")
     assert Path(where).is_relative_to(site)
-    assert text == (REPO / "config.example.toml").read_text(encoding="utf-8")
+    assert text == (REPO / "ledger" / "config.example.toml").read_text(encoding="utf-8")
