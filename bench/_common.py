@@ -29,8 +29,8 @@ import sqlalchemy as sa
 import sqlmodel
 
 from ledger import Ledger
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon
+from scheduler.provider.client import IletiMerkeziClient
 
 REPO = Path(__file__).absolute().parents[1]
 SANDBOX_KEY = "sandbox-key"

@@ -20,7 +20,8 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from scheduler.sandbox import Faults, Sandbox, _json_reply, _Reply
+from scheduler.provider.sandbox import Faults, Sandbox
+from scheduler.provider.sandbox.replies import Reply, json_reply
 
 
 class TimedSandbox(Sandbox):
@@ -39,14 +40,14 @@ class TimedSandbox(Sandbox):
         if order is not None and order.order_id not in self._first_report:
             self._first_report[order.order_id] = time.time()
 
-    def _handle(self, method: str, path: str, raw: bytes) -> _Reply:
+    def _handle(self, method: str, path: str, raw: bytes) -> Reply:
         if (method, path) == ("POST", "/_bench/orders"):
             for item in json.loads(raw):
                 self.add_order(item["order_id"], datetime.fromisoformat(item["send_at"]))
-            return _json_reply(200, {"ok": True})
+            return json_reply(200, {"ok": True})
         if (method, path) == ("GET", "/_bench/first_reports"):
             with self._lock:
-                return _json_reply(200, dict(self._first_report))
+                return json_reply(200, dict(self._first_report))
         return super()._handle(method, path, raw)
 
 

@@ -1,4 +1,4 @@
-"""The soak's sandbox: `scheduler.sandbox.Sandbox`, plus the one fact its truth does not keep.
+"""The soak's sandbox: `scheduler.provider.sandbox.Sandbox`, plus one fact its truth does not keep.
 
 The truth counts cancel-order calls per order, but not when they came: a second cancel after an
 accepted one (the double cancel issue 10 is about) looks the same as a 503 followed by the cancel
@@ -22,7 +22,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from scheduler.sandbox import Sandbox, _json_reply, _Reply
+from scheduler.provider.sandbox import Sandbox
+from scheduler.provider.sandbox.replies import Reply, json_reply
 
 
 class SoakSandbox(Sandbox):
@@ -45,10 +46,10 @@ class SoakSandbox(Sandbox):
         if order.cancelled_at is not None:
             self._late[order.order_id] = self._late.get(order.order_id, 0) + 1
 
-    def _handle(self, method: str, path: str, raw: bytes) -> _Reply:
+    def _handle(self, method: str, path: str, raw: bytes) -> Reply:
         if (method, path) == ("GET", "/_soak/late_cancels"):
             with self._lock:
-                return _json_reply(200, {"late": dict(self._late), "noted": self._noted})
+                return json_reply(200, {"late": dict(self._late), "noted": self._noted})
         return super()._handle(method, path, raw)
 
 

@@ -40,8 +40,8 @@ from bench._common import (
     write_config,
 )
 from ledger import CancelRefused, Ledger
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon
+from scheduler.provider.client import IletiMerkeziClient
 
 BUILD_BATCH = 50_000
 PASS_GOAL = 1.5

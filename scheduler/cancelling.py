@@ -23,7 +23,6 @@ from ledger.api import Ledger
 from ledger.margins import Window, window
 from ledger.models import Order
 from ledger.states import OrderState
-from scheduler.client import IletiMerkeziClient, Report
 from scheduler.decisions import (
     Decision,
     Next,
@@ -36,7 +35,8 @@ from scheduler.decisions import (
     too_many_cancels,
     unresolved,
 )
-from scheduler.errors import ProviderAuthError, ProviderError, ProviderTransientError
+from scheduler.provider.client import IletiMerkeziClient, Report
+from scheduler.provider.errors import ProviderAuthError, ProviderError, ProviderTransientError
 
 __all__ = ["CancelSequence"]
 

@@ -75,13 +75,14 @@ from scheduler._cliformat import (
 )
 from scheduler._clilogs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
 from scheduler._timeparse import WhenError, format_countdown, format_utc, parse_since, parse_when
-from scheduler.client import PROVIDER_ZONE, IletiMerkeziClient, format_send_datetime
-from scheduler.errors import (
+from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderTransientError,
     SendTimeError,
 )
+from scheduler.provider.wire import PROVIDER_ZONE, format_send_datetime
 
 __all__ = [
     "EXIT_FAILED",
@@ -548,9 +549,9 @@ def _run_demo() -> int:
 
 def _run_sandbox(extra: list[str]) -> int:
     """`smsledger sandbox ...`: the sandbox's own options, parsed only when it is asked for."""
-    from scheduler import sandbox  # noqa: PLC0415 -- no other command depends on the sandbox
+    from scheduler.provider import sandbox  # noqa: PLC0415 -- no other command depends on the sandbox
 
-    # Alone it logs lifecycle lines only, as `python -m scheduler.sandbox` does.
+    # Alone it logs lifecycle lines only, as `python -m scheduler.provider.sandbox` does.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     parser = _Parser(
         prog="smsledger sandbox",

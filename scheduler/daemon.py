@@ -45,7 +45,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
 from scheduler.cancelling import CancelSequence
-from scheduler.client import DEFAULT_TIMEOUT_SECONDS, IletiMerkeziClient
+from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 
 __all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
 

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from ledger.margins import Window
 from ledger.states import OrderState
-from scheduler.client import Report, ReportStatus
+from scheduler.provider.client import Report, ReportStatus
 
 __all__ = [
     "Decision",

@@ -28,7 +28,7 @@ from ledger import FINAL_STATES, Ledger, OrderState
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
 from scheduler import cli
-from scheduler.sandbox import Sandbox
+from scheduler.provider.sandbox import Sandbox
 
 __all__ = ["main"]
 

@@ -1,4 +1,5 @@
-"""Fixtures every tier may use: a hermetic environment, default logging, real ledger files."""
+"""Fixtures every tier may use: a hermetic environment, default logging, real ledger files,
+sandboxes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import structlog
 
 import ledger.logsetup
 from ledger import Ledger, Order
+from scheduler.provider.sandbox import Faults, Sandbox
 
 _ENV_PREFIXES = ("SMSLEDGER_", "ILETIMERKEZI_")
 
@@ -75,3 +77,26 @@ def order_factory(request: pytest.FixtureRequest) -> Callable[..., Order]:
         return target.register(order_id, send_at=send_at, **overrides)
 
     return make
+
+
+@pytest.fixture
+def sandbox_options() -> dict[str, Any]:
+    """The `Sandbox` keyword arguments `make_sandbox` starts from (and `make_client` takes its
+    credentials from); a test module overrides this fixture for its own key, hash, clock, seed."""
+    return {}
+
+
+@pytest.fixture
+def make_sandbox(sandbox_options: dict[str, Any]) -> Iterator[Callable[..., Sandbox]]:
+    """Start a sandbox on a free port: `sandbox_options`, then `faults` and any keyword argument
+    of `Sandbox`. Every sandbox started is stopped after the test."""
+    started: list[Sandbox] = []
+
+    def make(faults: Faults | None = None, **overrides: Any) -> Sandbox:
+        sandbox = Sandbox(**{**sandbox_options, "faults": faults, **overrides}).start()
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.stop()

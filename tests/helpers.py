@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ledger import FINAL_STATES, Ledger, Order, OrderState
-from scheduler.client import CancelAnswer, IletiMerkeziClient, Report
 from scheduler.daemon import Daemon, PassReport
+from scheduler.provider.client import CancelAnswer, IletiMerkeziClient, Report
 
 __all__ = [
     "FakeClock",

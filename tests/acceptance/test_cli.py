@@ -580,7 +580,7 @@ def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logg
 
 @pytest.fixture
 def sandbox() -> Iterator[Any]:
-    sandbox_module = pytest.importorskip("scheduler.sandbox")
+    sandbox_module = pytest.importorskip("scheduler.provider.sandbox")
     box = sandbox_module.Sandbox(port=0, key="sandbox-key", hash="sandbox-hash").start()
     yield box
     box.stop()
@@ -651,7 +651,7 @@ def test_send_prints_the_id_registers_and_logs_it(provider: Path, sandbox: Any) 
 def test_a_sent_order_the_ledger_cannot_record_is_still_printed_with_a_fix(
     provider: Path, sandbox: Any, book: Ledger
 ) -> None:
-    sandbox_module = pytest.importorskip("scheduler.sandbox")
+    sandbox_module = pytest.importorskip("scheduler.provider.sandbox")
     next_id = str(sandbox_module.FIRST_ORDER_ID)
     book.register(next_id, datetime(2030, 1, 1, 7, 0, tzinfo=UTC))  # the id, for another time
     when = at(timedelta(hours=1))

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from postgres import fresh_schema, require_postgres
 
 from ledger import FINAL_STATES, Ledger, Order, OrderState
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon, lease_for
-from scheduler.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
+from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

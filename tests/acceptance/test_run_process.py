@@ -27,7 +27,7 @@ from helpers import wait_for
 
 from ledger import FINAL_STATES, Ledger, OrderState
 from scheduler.daemon import lease_for
-from scheduler.sandbox import Faults, Sandbox
+from scheduler.provider.sandbox import Faults, Sandbox
 
 SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")
@@ -154,17 +154,8 @@ def stop(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float = 10
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
-    started: list[Sandbox] = []
-
-    def make(faults: Faults | None = None) -> Sandbox:
-        sandbox = Sandbox(key=KEY, hash=HASH, faults=faults, seed=3).start()
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
+def sandbox_options() -> dict[str, Any]:
+    return {"key": KEY, "hash": HASH, "seed": 3}
 
 
 @pytest.fixture

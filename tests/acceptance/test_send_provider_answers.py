@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ledger import Ledger
-from scheduler.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
+from scheduler.provider.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
 
 SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")

@@ -11,10 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
-from scheduler.client import (
+from scheduler.provider.client import (
     Balance,
     CancelAnswer,
     IletiMerkeziClient,
@@ -22,13 +21,13 @@ from scheduler.client import (
     ReportStatus,
     SendResult,
 )
-from scheduler.errors import (
+from scheduler.provider.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderStatusError,
     ProviderTransientError,
 )
-from scheduler.sandbox import DEFAULT_HASH, DEFAULT_KEY, ENDPOINTS, Faults, Sandbox
+from scheduler.provider.sandbox import ENDPOINTS, Faults, Sandbox
 
 START = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
 SEND_AT = START + timedelta(hours=1)
@@ -58,33 +57,14 @@ def sandbox(clock: MutableClock) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def make_client(
-    sandbox: Sandbox, clock: MutableClock
-) -> Iterator[Callable[..., IletiMerkeziClient]]:
-    """Build clients of the sandbox (right credentials, 2 s timeout unless overridden)."""
-    made: list[IletiMerkeziClient] = []
-
-    def make(**overrides: Any) -> IletiMerkeziClient:
-        options: dict[str, Any] = {
-            "key": DEFAULT_KEY,
-            "hash": DEFAULT_HASH,
-            "timeout": 2.0,
-            "clock": clock,
-            "transport": httpx.HTTPTransport(verify=_TLS),
-        }
-        options.update(overrides)
-        client = IletiMerkeziClient(sandbox.url, **options)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+def client_options(clock: MutableClock) -> dict[str, Any]:
+    """Clients of this module read the test's clock and wait 2 s unless told otherwise."""
+    return {"timeout": 2.0, "clock": clock}
 
 
 @pytest.fixture
-def client(make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
-    return make_client()
+def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
+    return make_client(sandbox)
 
 
 def send(client: IletiMerkeziClient, **overrides: Any) -> SendResult:
@@ -197,7 +177,7 @@ def test_wrong_credentials_raise_provider_auth_error(
     make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox, endpoint: str
 ) -> None:
     sandbox.add_order("777", SEND_AT)
-    client = make_client(hash="not-the-hash")
+    client = make_client(sandbox, hash="not-the-hash")
     with pytest.raises(ProviderAuthError) as raised:
         do_call(client, endpoint, "777")
     assert raised.value.endpoint == endpoint
@@ -278,7 +258,7 @@ def test_latency_beyond_the_timeout_is_transient_and_the_cancel_may_still_land(
 ) -> None:
     sandbox.add_order("777", SEND_AT)
     sandbox.set_faults(Faults(latency=0.6, endpoints=frozenset({"cancel-order"})))
-    client = make_client(timeout=0.2)
+    client = make_client(sandbox, timeout=0.2)
     with pytest.raises(ProviderTransientError) as raised:
         client.cancel_order("777")
     assert raised.value.maybe_delivered is True
@@ -291,7 +271,7 @@ def test_latency_within_the_timeout_is_only_slow(
     make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox
 ) -> None:
     sandbox.set_faults(Faults(latency=0.2))
-    client = make_client(timeout=2.0)
+    client = make_client(sandbox, timeout=2.0)
     started = time.perf_counter()
     assert client.get_balance().amount == "1000.00"
     assert time.perf_counter() - started >= 0.2
@@ -322,7 +302,9 @@ def test_a_dripping_answer_ends_at_the_call_deadline_and_the_cancel_may_have_lan
     """One byte every 0.2 s never trips a read timeout; the whole answer would take a minute."""
     sandbox.add_order("777", SEND_AT)
     sandbox.set_faults(Faults(drip_next={"cancel-order": 1}, drip_interval=0.2))
-    client = make_client(timeout=1.0, **({"transport": None} if transport == "own" else {}))
+    client = make_client(
+        sandbox, timeout=1.0, **({"transport": None} if transport == "own" else {})
+    )
 
     outcome = call_in_thread(lambda: client.cancel_order("777"))
 
@@ -348,7 +330,7 @@ def test_an_endless_answer_is_transient_and_read_no_further_than_the_cap(
 ) -> None:
     sandbox.add_order("777", SEND_AT)
     sandbox.set_faults(Faults(huge_next={"cancel-order": 1}))
-    client = make_client(timeout=5.0)
+    client = make_client(sandbox, timeout=5.0)
 
     outcome = call_in_thread(lambda: client.cancel_order("777"))
 
@@ -392,7 +374,7 @@ def test_every_injected_fault_is_a_transient_error_and_nothing_else(
 def test_one_client_from_many_threads_cancels_an_order_exactly_once(
     sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]
 ) -> None:
-    client = make_client(transport=None)  # the client's own pool, as in production
+    client = make_client(sandbox, transport=None)  # the client's own pool, as in production
     order_id = send(client).order_id
     barrier = threading.Barrier(16)
 
@@ -410,7 +392,7 @@ def test_one_client_from_many_threads_cancels_an_order_exactly_once(
 def test_one_client_sends_200_orders_from_16_threads(
     sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]
 ) -> None:
-    client = make_client(transport=None)
+    client = make_client(sandbox, transport=None)
     with ThreadPoolExecutor(max_workers=16) as pool:
         ids = list(pool.map(lambda _: send(client).order_id, range(200)))
     assert len(set(ids)) == 200

@@ -30,10 +30,10 @@ from helpers import (
 from structlog.testing import capture_logs
 
 from ledger import Ledger, Order, OrderState, utcnow
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon, make_owner
-from scheduler.errors import ProviderTransientError
-from scheduler.sandbox import Faults, Sandbox
+from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.errors import ProviderTransientError
+from scheduler.provider.sandbox import Faults, Sandbox
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 KEY = "it-key-5d1c0f3a9b"
@@ -52,21 +52,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_sandbox(clock: FakeClock) -> Iterator[Callable[..., Sandbox]]:
-    started: list[Sandbox] = []
-
-    def make(**kwargs: Any) -> Sandbox:
-        kwargs.setdefault("key", KEY)
-        kwargs.setdefault("hash", HASH)
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("seed", 1)
-        sandbox = Sandbox(**kwargs).start()
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
+def sandbox_options(clock: FakeClock) -> dict[str, Any]:
+    return {"key": KEY, "hash": HASH, "clock": clock, "seed": 1}
 
 
 @pytest.fixture
@@ -86,20 +73,6 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
     )
     yield opened
     opened.close()
-
-
-@pytest.fixture
-def make_client() -> Iterator[Callable[..., IletiMerkeziClient]]:
-    clients: list[IletiMerkeziClient] = []
-
-    def make(sandbox: Sandbox, *, key: str = KEY, hash: str = HASH) -> IletiMerkeziClient:
-        client = IletiMerkeziClient(sandbox.url, key, hash, timeout=5.0)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from helpers import run_pass_within, run_passes_until_final, wait_for
 from structlog.testing import capture_logs
 
 from ledger import Ledger, Order, OrderState, utcnow
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon
-from scheduler.sandbox import Faults, Sandbox
+from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.sandbox import Faults, Sandbox
 
 KEY = "faults-KEY-0b9e7d41c2a6"
 HASH = "faults-HASH-71f3a8d05e94"
@@ -31,17 +31,8 @@ DEADLINE = 30.0
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
-    started: list[Sandbox] = []
-
-    def make(faults: Faults, seed: int = 7) -> Sandbox:
-        sandbox = Sandbox(key=KEY, hash=HASH, faults=faults, seed=seed).start()
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
+def sandbox_options() -> dict[str, Any]:
+    return {"key": KEY, "hash": HASH, "seed": 7}
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from helpers import wait_for
 from structlog.testing import capture_logs
 
 from ledger import Ledger
-from scheduler.client import IletiMerkeziClient
 from scheduler.daemon import Daemon, PassReport
+from scheduler.provider.client import IletiMerkeziClient
 
 NO_PROVIDER = "http://127.0.0.1:9"  # never called: these ledgers hold no cancel requests
 

@@ -1,5 +1,5 @@
 """The sandbox over real loopback HTTP, spoken to with plain httpx: bodies, codes, lifecycle,
-faults, control endpoints, concurrency and the `python -m scheduler.sandbox` process."""
+faults, control endpoints, concurrency and the `python -m scheduler.provider.sandbox` process."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from scheduler.sandbox import (
+from scheduler.provider.sandbox import (
     FIRST_ORDER_ID,
     NESTED_DEPTH,
     Faults,
@@ -1124,7 +1124,15 @@ def _read_line(proc: subprocess.Popen[str], seconds: float) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_module_runs_as_a_process_and_stops_on_a_signal(signum: int) -> None:
     with subprocess.Popen(
-        [sys.executable, "-m", "scheduler.sandbox", "--port", "0", "--fault-endpoints", "send-sms"],
+        [
+            sys.executable,
+            "-m",
+            "scheduler.provider.sandbox",
+            "--port",
+            "0",
+            "--fault-endpoints",
+            "send-sms",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -1152,7 +1160,7 @@ def test_the_module_runs_as_a_process_and_stops_on_a_signal(signum: int) -> None
 def test_the_process_exits_1_when_the_port_is_taken(sandbox: Sandbox) -> None:
     port = sandbox.url.rsplit(":", 1)[1]
     finished = subprocess.run(
-        [sys.executable, "-m", "scheduler.sandbox", "--port", port],
+        [sys.executable, "-m", "scheduler.provider.sandbox", "--port", port],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -3,15 +3,16 @@ saying 456 for a while after it took a cancel. Real HTTP through the real client
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from helpers import FakeClock
 
-from scheduler.client import CancelAnswer, IletiMerkeziClient, ReportStatus
-from scheduler.sandbox import Faults, Sandbox
+from scheduler.provider.client import CancelAnswer, IletiMerkeziClient, ReportStatus
+from scheduler.provider.sandbox import Faults, Sandbox
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 ORDER = "777001"
@@ -23,17 +24,20 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sandbox(clock: FakeClock) -> Iterator[Sandbox]:
-    with Sandbox(key="k", hash="h", clock=clock) as running:
-        running.add_order(ORDER, START + timedelta(hours=1))
-        yield running
+def sandbox_options(clock: FakeClock) -> dict[str, Any]:
+    return {"key": "k", "hash": "h", "clock": clock}
 
 
 @pytest.fixture
-def client(sandbox: Sandbox) -> Iterator[IletiMerkeziClient]:
-    made = IletiMerkeziClient(sandbox.url, "k", "h", timeout=5.0)
-    yield made
-    made.close()
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    running = make_sandbox()
+    running.add_order(ORDER, START + timedelta(hours=1))
+    return running
+
+
+@pytest.fixture
+def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
+    return make_client(sandbox)
 
 
 def test_after_an_accepted_cancel_the_report_says_pending_for_the_lag_then_not_sent(

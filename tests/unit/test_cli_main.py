@@ -26,7 +26,7 @@ from ledger import (
     RegistrationConflict,
 )
 from scheduler.cli import EXIT_FAILED, EXIT_USAGE, exit_code_for, main
-from scheduler.errors import ProviderAuthError, ProviderTransientError, SendTimeError
+from scheduler.provider.errors import ProviderAuthError, ProviderTransientError, SendTimeError
 
 CONFIG = """\
 timezone = "{zone}"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import structlog.testing
 
-from scheduler.client import (
+from scheduler.provider.client import (
     MAX_ANSWER_BYTES,
     Balance,
     CancelAnswer,
@@ -25,7 +25,7 @@ from scheduler.client import (
     SendResult,
     format_send_datetime,
 )
-from scheduler.errors import (
+from scheduler.provider.errors import (
     CODE_MEANINGS,
     ProviderAuthError,
     ProviderError,

@@ -11,7 +11,6 @@ from freezegun import freeze_time
 
 from ledger import OrderState, utcnow
 from ledger.margins import Window, window
-from scheduler.client import Report, ReportStatus
 from scheduler.decisions import (
     Decision,
     Next,
@@ -23,6 +22,7 @@ from scheduler.decisions import (
     too_many_cancels,
     unresolved,
 )
+from scheduler.provider.client import Report, ReportStatus
 
 CODES = {
     ReportStatus.PENDING: 456,

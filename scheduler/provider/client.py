@@ -39,14 +39,27 @@ import httpcore
 import httpx
 import structlog
 
-from ledger._clock import utcnow
-from scheduler.errors import (
-    CODE_MEANINGS,
+from scheduler.provider.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderStatusError,
     ProviderTransientError,
-    SendTimeError,
+)
+from scheduler.provider.wire import (
+    CANCEL_ORDER,
+    CODE_MEANINGS,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT_SECONDS,
+    GET_BALANCE,
+    GET_REPORT,
+    PROVIDER_ZONE,
+    SEND_SMS,
+    as_int,
+    as_order_id,
+    endpoint_path,
+    format_send_datetime,
+    utcnow,
 )
 
 __all__ = [
@@ -65,29 +78,14 @@ __all__ = [
     "format_send_datetime",
 ]
 
-#: The provider's production base URL; the client still takes it explicitly (sandbox, resellers).
-DEFAULT_BASE_URL = "https://api.iletimerkezi.com"
-#: The deadline of every call, connect to last byte, in seconds (`api.timeout_seconds`).
-DEFAULT_TIMEOUT_SECONDS = 10.0
-#: Most connections the shared pool opens at once.
-DEFAULT_MAX_CONNECTIONS = 64
-#: The zone `sendDateTime` is read in (inferred: Turkey time, UTC+3 all year since 2016). Always
-#: the provider's, whatever zone people read and write times in.
-PROVIDER_ZONE = ZoneInfo("Europe/Istanbul")
 #: The largest answer read, in bytes: the documented answers are well under a kilobyte, and a
 #: report lists at most 1000 numbers a page.
 MAX_ANSWER_BYTES = 1024 * 1024
-
-SEND_SMS = "send-sms"
-GET_REPORT = "get-report"
-CANCEL_ORDER = "cancel-order"
-GET_BALANCE = "get-balance"
 
 # A lazy proxy: it binds on each call, so a structlog configured later (or captured in a test)
 # still applies.
 log = structlog.get_logger("smsledger.provider")
 _REDACTED = "[REDACTED]"
-_SEND_DATETIME_FORMAT = "%d/%m/%Y %H:%M"  # the provider's "dd/MM/yyyy HH:mm"; never seconds
 _DETAIL_MAX_CHARS = 200
 
 _T = TypeVar("_T")
@@ -143,31 +141,6 @@ class Balance:
 
     amount: str | None  # kept as the provider's text, so no float rounding creeps in
     sms: int | None
-
-
-def format_send_datetime(send_at: datetime, zone: ZoneInfo, now: datetime) -> str:
-    """Return `send_at` as the provider's `sendDateTime` ("dd/MM/yyyy HH:mm" in `zone`).
-
-    Raises SendTimeError when `send_at` is naive, not on a whole minute (the provider reportedly
-    sends a time with seconds immediately, so a time that would need rounding is refused rather
-    than moved), or not after `now`.
-    """
-    if send_at.tzinfo is None or send_at.utcoffset() is None:
-        raise SendTimeError(
-            f"send time {send_at.isoformat()} is naive; pass an aware datetime (for example in UTC)"
-        )
-    local = send_at.astimezone(zone)
-    if local.second or local.microsecond:
-        raise SendTimeError(
-            f"send time {send_at.isoformat()} is not on a whole minute; the provider takes "
-            "minute precision, so pass a time with zero seconds and microseconds"
-        )
-    if send_at <= now:
-        raise SendTimeError(
-            f"send time {send_at.isoformat()} is not in the future (now is {now.isoformat()}); "
-            "an order must be scheduled ahead to be cancellable"
-        )
-    return local.strftime(_SEND_DATETIME_FORMAT)
 
 
 # -- the call deadline ------------------------------------------------------------------------
@@ -468,7 +441,7 @@ class IletiMerkeziClient:
         if order is not None:
             request["order"] = dict(order)
         return self._http.build_request(
-            "POST", f"{self._base_url}/v1/{endpoint}/json", json={"request": request}
+            "POST", f"{self._base_url}{endpoint_path(endpoint)}", json={"request": request}
         )
 
     def _send(
@@ -564,7 +537,7 @@ class IletiMerkeziClient:
             raise _undocumented(endpoint, http_status, "is not JSON") from None
         inner = body.get("response") if isinstance(body, dict) else None
         status = inner.get("status") if isinstance(inner, dict) else None
-        code = _as_int(status.get("code")) if isinstance(status, dict) else None
+        code = as_int(status.get("code")) if isinstance(status, dict) else None
         if inner is None or status is None or code is None:
             raise _undocumented(endpoint, http_status, "has no numeric status code")
         message = status.get("message")
@@ -608,7 +581,7 @@ def _send_result(code: int, message: str, body: Mapping[str, Any]) -> SendResult
     if code != 200:
         raise _unexpected(SEND_SMS, code, message)
     order = body.get("order")
-    order_id = _as_order_id(order.get("id")) if isinstance(order, dict) else None
+    order_id = as_order_id(order.get("id")) if isinstance(order, dict) else None
     if order_id is None:
         raise _undocumented(SEND_SMS, 200, "has no order id; the order may exist")
     return SendResult(order_id=order_id)
@@ -624,7 +597,7 @@ def _report(order_id: str, code: int, message: str, body: Mapping[str, Any]) -> 
     order = body.get("order")
     if not isinstance(order, dict):
         raise _undocumented(GET_REPORT, 200, "has no order")
-    order_status = _as_int(order.get("status"))
+    order_status = as_int(order.get("status"))
     if order_status is None:
         raise _undocumented(GET_REPORT, 200, "has no numeric order status")
     if order_status not in _ORDER_STATUSES:
@@ -643,10 +616,10 @@ def _report(order_id: str, code: int, message: str, body: Mapping[str, Any]) -> 
         order_id=order_id,
         status=_ORDER_STATUSES[order_status],
         code=order_status,
-        total=_as_int(order.get("total")),
-        delivered=_as_int(order.get("delivered")),
-        undelivered=_as_int(order.get("undelivered")),
-        waiting=_as_int(order.get("waiting")),
+        total=as_int(order.get("total")),
+        delivered=as_int(order.get("delivered")),
+        undelivered=as_int(order.get("undelivered")),
+        waiting=as_int(order.get("waiting")),
     )
 
 
@@ -667,7 +640,7 @@ def _balance(code: int, message: str, body: Mapping[str, Any]) -> Balance:
     amount = balance.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
         amount = None
-    return Balance(amount=None if amount is None else str(amount), sms=_as_int(balance.get("sms")))
+    return Balance(amount=None if amount is None else str(amount), sms=as_int(balance.get("sms")))
 
 
 def _unexpected(
@@ -711,28 +684,6 @@ def _outcome(exc: ProviderError) -> str:
     if isinstance(exc, ProviderStatusError):
         return "status_error"
     return "error"
-
-
-def _as_int(value: object) -> int | None:
-    """Read an int that may come as a number or a numeric string; None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _as_order_id(value: object) -> str | None:
-    """Read an order id that may come as an int or a string; None when missing or empty."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
 
 
 def _require_order_id(order_id: str) -> str:
