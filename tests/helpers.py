@@ -1,5 +1,6 @@
 """Shared test utilities for the daemon tiers: a controllable clock, polling with deadlines, a
-client wrapper with hooks, and ways to leave an order as a crashed daemon would have left it.
+client wrapper with hooks, and ways to leave an order as a crashed daemon would have left it; for
+the command's tests: the installed script, a clean environment and the base config.
 
 Imported as ``helpers`` (pytest puts ``tests/`` on ``sys.path`` for its ``conftest.py``).
 """
@@ -7,6 +8,7 @@ Imported as ``helpers`` (pytest puts ``tests/`` on ``sys.path`` for its ``confte
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,15 +16,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ledger import FINAL_STATES, Ledger, Order, OrderState
 from scheduler.daemon import Daemon, PassReport
 from scheduler.provider.client import CancelAnswer, IletiMerkeziClient, Report
 
 __all__ = [
+    "CONFIG",
+    "SMSLEDGER",
     "FakeClock",
     "HookedClient",
+    "clean_env",
     "dead_pid",
     "final_states",
     "owner_on_this_host",
@@ -31,6 +39,29 @@ __all__ = [
     "stale_cancelling",
     "wait_for",
 ]
+
+
+#: The installed `smsledger` script beside this Python, or None (`needs_smsledger` then skips).
+SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
+needs_smsledger = pytest.mark.skipif(
+    SMSLEDGER is None, reason="the smsledger script is not installed"
+)
+
+#: A config for the command's tests: `{zone}`, a ledger and a log in the working folder.
+CONFIG = """\
+timezone = "{zone}"
+[ledger]
+url = "sqlite:///ledger.db"
+[log]
+path = "log.jsonl"
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without SMSLEDGER_* / ILETIMERKEZI_*, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSLEDGER_", "ILETIMERKEZI_"))}
+    env.update(extra)
+    return env
 
 
 class FakeClock:

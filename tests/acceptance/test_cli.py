@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,19 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger
 
 from ledger import Ledger, OrderState
+from ledger.models import EVENTS_TABLE, ORDERS_TABLE
+from scheduler.provider.sandbox import Sandbox
 
-SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
-pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")
-
-CONFIG = """\
-timezone = "{zone}"
-[ledger]
-url = "sqlite:///ledger.db"
-[log]
-path = "log.jsonl"
-"""
+pytestmark = needs_smsledger
 
 
 @dataclass(frozen=True)
@@ -55,13 +47,6 @@ class Result:
         return json.loads(self.out)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without SMSLEDGER_* / ILETIMERKEZI_*, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSLEDGER_", "ILETIMERKEZI_"))}
-    env.update(extra)
-    return env
-
-
 def run(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Result:
     assert SMSLEDGER is not None
     done = subprocess.run(
@@ -74,6 +59,19 @@ def run(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float
         check=False,
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """The command as a running process with its stdout and stderr piped, as text."""
+    assert SMSLEDGER is not None
+    return subprocess.Popen(
+        [SMSLEDGER, *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_all(cwd: Path, *commands: Sequence[str], env: dict[str, str] | None = None) -> list[Result]:
@@ -242,7 +240,9 @@ def test_cancel_accepts_warns_and_refuses_and_reports_unknown_ids(work: Path, bo
     book.register("far", now + timedelta(hours=2))
     book.register("near", now + timedelta(minutes=10))  # inside warn_before (15 min)
     book.register("late", now + timedelta(minutes=4))  # inside refuse_before (5 min)
+    before = datetime.now(UTC)
     result = run(work, "cancel", "far", "near", "late", "ghost")
+    after = datetime.now(UTC)
     assert result.code == 2, "an unknown id is an input error, and outranks a refusal"
     lines = result.out.splitlines()
     assert lines[0].split()[:2] == ["ORDER", "STATE"]
@@ -251,8 +251,15 @@ def test_cancel_accepts_warns_and_refuses_and_reports_unknown_ids(work: Path, bo
         ["near", "cancel_requested"],
         ["late", "cancel_refused"],
     ]
-    assert result.err_lines == [
-        "warning: order near dispatches in 9 min; the cancel may come too late",
+    # The command read its clock between `before` and `after`: its countdown is one of the
+    # whole minutes left at those two readings (usually both 9), never another.
+    send_at = book.get("near").send_at
+    minutes = {int((send_at - t).total_seconds()) // 60 for t in (before, after)}
+    assert result.err_lines[0] in {
+        f"warning: order near dispatches in {m} min; the cancel may come too late"
+        for m in range(min(minutes), max(minutes) + 1)
+    }
+    assert result.err_lines[1:] == [
         "smsledger: error: cancel of order late refused: inside the refuse margin: "
         + result.err_lines[1].split("refuse margin: ")[1],
         "smsledger: error: order ghost is not in the ledger",
@@ -280,15 +287,7 @@ def test_cancel_wait_reports_orders_the_daemon_never_finished(work: Path, book: 
 def test_cancel_wait_exits_0_once_every_order_is_cancelled(work: Path, book: Ledger) -> None:
     book.register("a", book.now() + timedelta(hours=2))
     book.register("b", book.now() + timedelta(hours=3))
-    assert SMSLEDGER is not None
-    with subprocess.Popen(
-        [SMSLEDGER, "cancel", "a", "b", "--wait", "30"],
-        cwd=work,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start(work, "cancel", "a", "b", "--wait", "30") as proc:
         try:
             deadline = time.monotonic() + 25
             pending = {"a", "b"}
@@ -526,17 +525,9 @@ def test_logs_filters_alone_and_combined(logged: Path) -> None:
 
 
 def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logged: Path) -> None:
-    assert SMSLEDGER is not None
     log = logged / "log.jsonl"
     lines: list[str] = []
-    with subprocess.Popen(
-        [SMSLEDGER, "logs", "--follow", "--json", "--level", "warning"],
-        cwd=logged,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start(logged, "logs", "--follow", "--json", "--level", "warning") as proc:
         stdout = proc.stdout
         assert stdout is not None
         thread = threading.Thread(
@@ -579,11 +570,9 @@ def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logg
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Any]:
-    sandbox_module = pytest.importorskip("scheduler.provider.sandbox")
-    box = sandbox_module.Sandbox(port=0, key="sandbox-key", hash="sandbox-hash").start()
-    yield box
-    box.stop()
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(port=0, key="sandbox-key", hash="sandbox-hash") as box:
+        yield box
 
 
 @pytest.fixture
@@ -755,9 +744,9 @@ def test_control_characters_an_older_version_stored_are_printed_escaped(
     # As a version without the check wrote it.
     with contextlib.closing(sqlite3.connect(work / "ledger.db")) as db, db:
         db.execute(
-            "UPDATE smsledger_orders SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07")
+            f"UPDATE {ORDERS_TABLE} SET label = ?, reason = ?", (hostile, "said \x1b]0;t\x07")
         )
-        db.execute("UPDATE smsledger_order_events SET reason = ?", ("bad\nreason",))
+        db.execute(f"UPDATE {EVENTS_TABLE} SET reason = ?", ("bad\nreason",))
     shown = "promo\\n42        cancelled\\x1b[2J\\u202e"
 
     listed, status, history, as_json = run_all(

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
 
-import pytest
+from helpers import SMSLEDGER, needs_smsledger
 
 from ledger.schema import VERSION_TABLE, head_revision
 
-SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
-pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")
+pytestmark = needs_smsledger
 
 
 def migrate(folder: Path) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,6 @@ starts is killed in teardown, and every wait has a deadline.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +21,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from helpers import wait_for
+from helpers import SMSLEDGER, clean_env, needs_smsledger, wait_for
 
 from ledger import FINAL_STATES, Ledger, OrderState
 from scheduler.daemon import lease_for
 from scheduler.provider.sandbox import Faults, Sandbox
 
-SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
-pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")
+pytestmark = needs_smsledger
 
 KEY = "accept-KEY-4e8a1f07c3d9"
 HASH = "accept-HASH-92b6d5e0a17f"
@@ -57,13 +54,6 @@ path = "log.jsonl"
 """
 #: The test process's ledger writes like the daemons (see `Work.write_config`).
 FAST = {"synchronous": "NORMAL"}
-
-
-def clean_env() -> dict[str, str]:
-    """The test's environment without SMSLEDGER_* / ILETIMERKEZI_* variables."""
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMSLEDGER_", "ILETIMERKEZI_"))
-    }
 
 
 @dataclass

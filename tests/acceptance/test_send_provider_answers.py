@@ -7,10 +7,7 @@ its own zone (Europe/Istanbul by default) and its truth records the instant it w
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,24 +15,23 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from helpers import CONFIG as BASE_CONFIG
+from helpers import SMSLEDGER, clean_env, needs_smsledger
 
 from ledger import Ledger
 from scheduler.provider.sandbox import DEFAULT_HASH, DEFAULT_KEY, Faults, Sandbox
 
-SMSLEDGER = shutil.which("smsledger", path=str(Path(sys.executable).parent))
-pytestmark = pytest.mark.skipif(SMSLEDGER is None, reason="the smsledger script is not installed")
+pytestmark = needs_smsledger
 
-CONFIG = """\
-timezone = "{zone}"
-[ledger]
-url = "sqlite:///ledger.db"
-[log]
-path = "log.jsonl"
+CONFIG = (
+    BASE_CONFIG
+    + """\
 [api]
 base_url = "{url}"
 key = "{key}"
 hash = "{hash}"
 """
+)
 
 
 @pytest.fixture
@@ -56,11 +52,10 @@ def folder(root: Path, zone: str, sandbox: Sandbox) -> Path:
 
 def send(work: Path, at: str) -> subprocess.CompletedProcess[str]:
     assert SMSLEDGER is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSLEDGER_", "ILETIMERKEZI_"))}
     return subprocess.run(
         [SMSLEDGER, "send", "--sender", "ACME", "--to", "905551112233", "--text", "hi", "--at", at],
         cwd=work,
-        env=env,
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ledger import Event, Order, OrderState
-from scheduler._cliformat import (
+from scheduler.cli.output import (
     escape,
     escape_json,
     event_json,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from scheduler._clilogs import LineFormatter, LogFilter, LogTail, parse_record, record_time
+from scheduler.cli.logs import LineFormatter, LogFilter, LogTail, parse_record, record_time
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from helpers import CONFIG as BASE_CONFIG
 
 from ledger import (
     CancelRefused,
@@ -28,15 +29,13 @@ from ledger import (
 from scheduler.cli import EXIT_FAILED, EXIT_USAGE, exit_code_for, main
 from scheduler.provider.errors import ProviderAuthError, ProviderTransientError, SendTimeError
 
-CONFIG = """\
-timezone = "{zone}"
-[ledger]
-url = "sqlite:///ledger.db"
-[log]
-path = "log.jsonl"
+CONFIG = (
+    BASE_CONFIG
+    + """\
 [api]
 base_url = "http://127.0.0.1:9"
 """
+)
 
 
 @pytest.fixture(autouse=True)

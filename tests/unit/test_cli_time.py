@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from scheduler._timeparse import (
+from scheduler.cli.times import (
     WhenError,
     format_countdown,
     format_local,

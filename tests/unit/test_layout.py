@@ -104,9 +104,7 @@ def test_no_import_cycles_between_modules() -> None:
     graph = _graph(top_level_only=True)
     # A package's __init__ re-exporting its own modules is the usual shape, not a cycle.
     edges = {
-        module: {
-            t for t in targets if not (module.endswith(t) or t.startswith(module + "."))
-        }
+        module: {t for t in targets if not (module.endswith(t) or t.startswith(module + "."))}
         for module, targets in graph.items()
     }
     index: dict[str, int] = {}

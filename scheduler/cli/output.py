@@ -8,11 +8,14 @@ Text that comes from outside (labels and reasons in the ledger, provider message
 fields) goes through `escape` before a person sees it, and `to_json` writes the same characters as
 ``\\u`` escapes: a newline or an escape sequence in a label must not forge a row or drive the
 terminal. Which characters count is `ledger.api.is_control`.
+
+`say` and `say_error` are the two places the command prints what it has formatted.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,9 +23,10 @@ from zoneinfo import ZoneInfo
 
 from ledger import Event, Order
 from ledger.api import is_control
-from scheduler._timeparse import format_countdown, format_local, format_utc
+from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
+    "ERROR_PREFIX",
     "escape",
     "escape_json",
     "event_json",
@@ -30,12 +34,29 @@ __all__ = [
     "order_json",
     "order_table",
     "pair",
+    "say",
+    "say_error",
     "status_lines",
     "table",
     "to_json",
 ]
 
 _NONE = "-"
+
+#: How every error line of the command starts (argparse's included).
+ERROR_PREFIX = "smsledger: error: "
+
+
+def say(lines: Sequence[str] | str) -> None:
+    """Print `lines` (already formatted and escaped) on stdout, at once."""
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    print(text, flush=True)
+
+
+def say_error(message: str) -> None:
+    """One error line on stderr; the message may quote the provider or the ledger, so it is
+    escaped."""
+    print(f"{ERROR_PREFIX}{escape(message)}", file=sys.stderr, flush=True)
 
 
 def escape(text: str) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from scheduler._cliformat import escape, pair
-from scheduler._timeparse import format_local
+from scheduler.cli.output import escape, pair
+from scheduler.cli.times import format_local
 
 __all__ = ["LEVELS", "LineFormatter", "LogFilter", "LogTail", "parse_record", "record_time"]
 

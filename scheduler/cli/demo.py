@@ -27,7 +27,7 @@ from pathlib import Path
 from ledger import FINAL_STATES, Ledger, OrderState
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
-from scheduler import cli
+from scheduler.cli import main as cli_main
 from scheduler.provider.sandbox import Sandbox
 
 __all__ = ["main"]
@@ -71,7 +71,7 @@ def _smsledger(config: Path, *args: str) -> tuple[int, str]:
     _show(list(args))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main(["--config", str(config), *args])
+        code = cli_main(["--config", str(config), *args])
     sys.stdout.write(out.getvalue())
     sys.stdout.flush()
     if code not in (0, 1):

@@ -1,0 +1,246 @@
+"""The command line of ``smsledger``: every command, its options and its help, as one table.
+
+Parsing only: what a command does is `scheduler.cli.commands` (looked up by the command's name),
+and errors of the parser are one line and exit 2 like every other usage error
+(`scheduler.cli.exits`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from ledger import OrderState
+from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
+from scheduler.cli.logs import LEVELS
+from scheduler.cli.output import ERROR_PREFIX
+
+__all__ = ["EPILOG", "Parser", "build_parser", "seconds"]
+
+EPILOG = f"""\
+WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
+2026-12-01T10:00 is read in the config's timezone (a local time that zone skips or repeats is
+refused). logs --since also takes 30s, 10m, 2h, 1d (that long ago).
+
+config: --config PATH, else $SMSLEDGER_CONFIG, else ./smsledger.toml, else the defaults.
+$ILETIMERKEZI_API_KEY / $ILETIMERKEZI_API_HASH override the file's credentials.
+
+{EXIT_CODES_TEXT}"""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{ERROR_PREFIX}{message} (see '{self.prog} --help')\n")
+
+
+def seconds(text: str) -> float:
+    """An option's number of seconds: finite and >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class _Arg:
+    """One `add_argument` call, kept as data so that commands can share it."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def _arg(*flags: str, **options: Any) -> _Arg:
+    return _Arg(flags, options)
+
+
+def _required(flag: str, metavar: str, help_text: str, **options: Any) -> _Arg:
+    return _Arg((flag,), {"required": True, "metavar": metavar, "help": help_text, **options})
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    help: str
+    details: str = ""
+    args: tuple[_Arg, ...] = ()
+
+
+_IYS_HELP = "1 commercial (default), 0 transactional"
+_ORDER_ID = _arg("order_id", metavar="ORDER_ID")
+_LABEL = _arg("--label", metavar="TEXT", help="a note shown with the order")
+_JSON_OBJECT = _arg("--json", action="store_true", help="print a JSON object")
+_JSON_ARRAY = _arg("--json", action="store_true", help="print a JSON array")
+
+#: Every command but `sandbox` and `demo`, in the order `--help` lists them.
+_COMMANDS: tuple[_Command, ...] = (
+    _Command(
+        "register",
+        "record an order already scheduled at the provider",
+        args=(
+            _ORDER_ID,
+            _required("--send-at", "WHEN", "its send time"),
+            _LABEL,
+        ),
+    ),
+    _Command(
+        "send",
+        "schedule an SMS at the provider and record it",
+        "Prints only the new order id on stdout (id=$(smsledger send ...)), and logs it as\n"
+        "send_accepted, before writing it to the ledger; if that write fails, the error says\n"
+        "how to register the order by hand (exit 1). The ledger is opened, and the send time\n"
+        "checked (whole minute, in the future), before the provider is called.",
+        (
+            _required("--sender", "NAME", "approved sender name"),
+            _required(
+                "--to",
+                "NUMBER[,NUMBER...]",
+                "recipients (comma-separated; may be repeated)",
+                action="append",
+            ),
+            _required("--text", "TEXT", "the message"),
+            _required("--at", "WHEN", "send time, on a whole minute, in the future"),
+            _arg("--iys", choices=("0", "1"), default="1", help=_IYS_HELP),
+            _arg(
+                "--iys-list",
+                type=str.upper,
+                choices=("BIREYSEL", "TACIR"),
+                default=None,
+                help="IYS recipient list for --iys 1 (default BIREYSEL)",
+            ),
+            _LABEL,
+        ),
+    ),
+    _Command(
+        "cancel",
+        "ask for orders to be cancelled (the daemon sends it)",
+        "Prints each order's state. Exit 0 when every order is cancel_requested, cancelling or\n"
+        "cancelled (with --wait: cancelled); 1 when one was refused, is too late, not found,\n"
+        "needs attention, was dispatched or is not final when --wait runs out; 2 when an\n"
+        "order id is not in the ledger (the other ids are still handled).",
+        (
+            _arg("order_ids", nargs="+", metavar="ORDER_ID"),
+            _arg(
+                "--wait",
+                type=seconds,
+                metavar="SECONDS",
+                help="wait up to SECONDS for every order to reach a final state; exit 0 only if "
+                "all are cancelled",
+            ),
+        ),
+    ),
+    _Command("status", "show one order", args=(_ORDER_ID, _JSON_OBJECT)),
+    _Command(
+        "list",
+        "list orders by send time",
+        args=(
+            _arg(
+                "--state",
+                metavar="STATE",
+                help=f"only orders in this state ({', '.join(s.value for s in OrderState)})",
+            ),
+            _JSON_ARRAY,
+        ),
+    ),
+    _Command(
+        "history", "show an order's state changes, oldest first", args=(_ORDER_ID, _JSON_ARRAY)
+    ),
+    _Command(
+        "logs",
+        "show the JSON-lines log (all filters must match)",
+        "One aligned line per event: local time, level, event, order id, other key=value\n"
+        "pairs; --json prints the matching lines unchanged. Lines that are not JSON are\n"
+        "skipped and counted on stderr. --follow prints the matching lines so far, then new\n"
+        "ones, across truncation and rotation, until Ctrl-C (exit 130). An empty or missing\n"
+        "log is not an error (exit 0).",
+        (
+            _arg("--order", metavar="ID", help="only events of this order"),
+            _arg("--event", metavar="NAME", help="only events of this name"),
+            _arg(
+                "--level", metavar="LEVEL", help=f"this level or more severe ({', '.join(LEVELS)})"
+            ),
+            _arg(
+                "--since",
+                metavar="WHEN",
+                help="only events at or after WHEN, or 30s, 10m, 2h, 1d ago",
+            ),
+            _arg(
+                "--follow",
+                action="store_true",
+                help="print the matching events, then new ones as they are written (Ctrl-C stops)",
+            ),
+            _arg("--json", action="store_true", help="print the matching lines unchanged"),
+        ),
+    ),
+    _Command(
+        "run",
+        "run the daemon that sends and verifies cancels",
+        args=(_arg("--once", action="store_true", help="do one pass and exit"),),
+    ),
+    _Command("check", "check the config, the ledger and the provider credentials"),
+    _Command(
+        "migrate",
+        "upgrade the ledger's schema to this smsledger's revision",
+        "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"
+        "starting daemons on several hosts. A ledger written by a newer smsledger is refused\n"
+        "(exit 1).",
+    ),
+)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config and --debug, accepted before the command and after it."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None if top else argparse.SUPPRESS,
+        help="config file (default: $SMSLEDGER_CONFIG, else ./smsledger.toml)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command (the sandbox's own options are added when it runs).
+
+    Each command's parser is its namespace's ``command_parser``, for errors found after parsing.
+    """
+    parser = Parser(
+        prog="smsledger",
+        description="Keep future-scheduled iletiMerkezi SMS orders safe to cancel.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in _COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=f"{command.help}.\n\n{command.details}"
+            if command.details
+            else command.help,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_common(sub, top=False)
+        for arg in command.args:
+            sub.add_argument(*arg.flags, **arg.options)
+        sub.set_defaults(command_parser=sub)
+    commands.add_parser(
+        "sandbox",
+        help="run a local stand-in for the iletiMerkezi API (see 'smsledger sandbox --help')",
+        add_help=False,  # its --help is the sandbox's own
+    )
+    demo = commands.add_parser("demo", help="show a cancel end to end against a local sandbox")
+    demo.set_defaults(command_parser=demo)
+    return parser
