@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import apscheduler
 import httpx
@@ -334,13 +334,13 @@ class SandboxProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._http: httpx.Client | None = None
 
-    def __enter__(self) -> SandboxProcess:
+    def argv(self) -> list[str]:
+        """The command that serves the sandbox and prints its URL first (subclasses change it)."""
+        return [sys.executable, "-m", "bench._sandbox", "--latency", str(self.latency)]
+
+    def __enter__(self) -> Self:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._sandbox", "--latency", str(self.latency)],
-            cwd=REPO,
-            env=daemon_env(),
-            stdout=subprocess.PIPE,
-            text=True,
+            self.argv(), cwd=REPO, env=daemon_env(), stdout=subprocess.PIPE, text=True
         )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()

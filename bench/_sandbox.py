@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 import time
 from datetime import datetime
-from types import FrameType
 from typing import Any
 
 from scheduler.provider.sandbox import Faults, Sandbox
+from scheduler.provider.sandbox.cli import serve_until_signal
 from scheduler.provider.sandbox.replies import Reply, json_reply
 
 
@@ -55,18 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._sandbox")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    with TimedSandbox(faults=Faults(latency=args.latency)) as sandbox:
-        print(f"sandbox listening on {sandbox.url}", flush=True)
-        while not stop.wait(0.2):
-            pass
-    return 0
+    return serve_until_signal(TimedSandbox(faults=Faults(latency=args.latency)))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ until SIGTERM, printing its URL first. Faults are set through ``POST /_sandbox/f
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from types import FrameType
 from typing import Any
 
 from scheduler.provider.sandbox import Sandbox
+from scheduler.provider.sandbox.cli import serve_until_signal
 from scheduler.provider.sandbox.replies import Reply, json_reply
 
 
@@ -59,21 +57,10 @@ def main() -> int:
     parser.add_argument("--send-duration", type=float, default=30.0, help="seconds")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault generator")
     args = parser.parse_args()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
     sandbox = SoakSandbox(
         queue_lead=args.queue_lead, send_duration=args.send_duration, seed=args.seed
     )
-    with sandbox:
-        print(f"sandbox listening on {sandbox.url}", flush=True)
-        while not stop.wait(0.2):
-            pass
-    return 0
+    return serve_until_signal(sandbox)
 
 
 if __name__ == "__main__":

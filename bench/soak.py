@@ -38,7 +38,6 @@ import heapq
 import json
 import math
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -52,9 +51,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-
-from bench._common import REPO, SANDBOX_HASH, SANDBOX_KEY, daemon_argv, daemon_env, say
+from bench._common import (
+    REPO,
+    SANDBOX_HASH,
+    SANDBOX_KEY,
+    SandboxProcess,
+    daemon_argv,
+    daemon_env,
+    say,
+)
 from ledger import FINAL_STATES, CancelRefused, Ledger, OrderState
 
 #: Order ids of the soak (nine digits, as the provider's).
@@ -197,18 +202,16 @@ def fault_mix(rng: random.Random, available: set[str], timing: Timing) -> dict[s
 # -- the processes ------------------------------------------------------------------------------
 
 
-class SoakSandbox:
+class SoakSandbox(SandboxProcess):
     """`bench._soak_sandbox` in a process of its own, and its control endpoints."""
 
     def __init__(self, timing: Timing, seed: int) -> None:
+        super().__init__()
         self.timing = timing
         self.seed = seed
-        self.url = ""
-        self._proc: subprocess.Popen[str] | None = None
-        self._http: httpx.Client | None = None
 
-    def __enter__(self) -> SoakSandbox:
-        argv = [
+    def argv(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "bench._soak_sandbox",
@@ -219,31 +222,6 @@ class SoakSandbox:
             "--seed",
             str(self.seed),
         ]
-        self._proc = subprocess.Popen(
-            argv, cwd=REPO, env=daemon_env(), stdout=subprocess.PIPE, text=True
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        match = re.search(r"(http://\S+)", line)
-        if match is None:
-            self._proc.kill()
-            raise RuntimeError(f"the sandbox did not start: {line!r}")
-        self.url = match.group(1)
-        self._http = httpx.Client(base_url=self.url, timeout=30.0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._http is not None:
-            self._http.close()
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
 
     def _get(self, path: str) -> Any:
         assert self._http is not None
@@ -266,10 +244,6 @@ class SoakSandbox:
         assert self._http is not None
         body = {"order_id": order_id, "send_at": send_at.isoformat()}
         self._http.post("/_sandbox/orders", json=body).raise_for_status()
-
-    def truth(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._get("/_sandbox/truth")
-        return result
 
     def late_cancels(self) -> dict[str, Any]:
         result: dict[str, Any] = self._get("/_soak/late_cancels")

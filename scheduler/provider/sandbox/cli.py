@@ -22,7 +22,7 @@ from scheduler.provider.sandbox.faults import Faults, _check_number, _endpoint_s
 from scheduler.provider.sandbox.replies import NESTED_DEPTH
 from scheduler.provider.wire import ENDPOINTS, PROVIDER_ZONE
 
-__all__ = ["add_arguments", "run_from_args"]
+__all__ = ["add_arguments", "run_from_args", "serve_until_signal"]
 
 
 def _number_arg(upper: float) -> Callable[[str], float]:
@@ -199,6 +199,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         faults=faults,
         seed=args.seed,
     )
+    return serve_until_signal(sandbox, where=f"{args.host}:{args.port}")
+
+
+def serve_until_signal(sandbox: Sandbox, *, where: str = "") -> int:
+    """Start `sandbox`, print its URL, serve until SIGINT or SIGTERM, stop it; return the exit
+    status (1 when it cannot listen). Main thread only: signal handlers are restored on return.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -209,7 +216,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         try:
             sandbox.start()
         except OSError as exc:
-            print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            print(f"sandbox: cannot listen on {where or 'its address'}: {exc}", file=sys.stderr)
             return 1
         print(f"sandbox listening on {sandbox.url}", flush=True)
         while not stop.wait(0.2):
