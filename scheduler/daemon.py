@@ -352,7 +352,7 @@ class Daemon:
 
     def _on_call(self, call: CallObserved) -> None:
         """Every provider call's end: the skew estimate, and credentials known good again."""
-        self.skew.observe(call)
+        self.skew.observe(call, answered_at=self._clock())  # the clock margins are taken on
         if call.outcome == "ok":
             self.credentials_rejected_at = None
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from scheduler.provider.client import CallObserved
 
-__all__ = ["SAMPLES", "SkewEstimator"]
+__all__ = ["RESOLUTION_SECONDS", "SAMPLES", "SkewEstimator"]
 
 #: Answers the median is taken over.
 SAMPLES = 9
+#: The `Date` header's resolution: a smaller skew widens nothing.
+RESOLUTION_SECONDS = 1.0
 
 
 class SkewEstimator:
@@ -29,8 +31,13 @@ class SkewEstimator:
         self._samples: deque[float] = deque(maxlen=samples)
         self._lock = threading.Lock()
 
-    def observe(self, call: CallObserved) -> None:
-        """Take one answer's `Date` header into the estimate (answers without one are skipped)."""
+    def observe(self, call: CallObserved, *, answered_at: datetime | None = None) -> None:
+        """Take one answer's `Date` header into the estimate (answers without one are skipped).
+
+        `answered_at`: the reading, taken as the call ended, of the clock the margins are
+        computed on (the daemon's), when that is not the client's; the call's midpoint is then
+        that reading less half the call's duration.
+        """
         if call.date_header is None:
             return
         try:
@@ -39,7 +46,10 @@ class SkewEstimator:
             return
         if provider.tzinfo is None:
             provider = provider.replace(tzinfo=UTC)
-        midpoint = call.sent_at + (call.answered_at - call.sent_at) / 2
+        if answered_at is not None:
+            midpoint = answered_at - timedelta(seconds=call.seconds / 2)
+        else:
+            midpoint = call.sent_at + (call.answered_at - call.sent_at) / 2
         sample = (provider - midpoint).total_seconds() + 0.5
         with self._lock:
             self._samples.append(sample)
@@ -51,6 +61,12 @@ class SkewEstimator:
             return statistics.median(self._samples) if self._samples else None
 
     def widening(self) -> timedelta:
-        """What both margins grow by: the skew's size while it is known."""
+        """What both margins grow by: the skew's size while it is known.
+
+        A skew under `RESOLUTION_SECONDS` is not known: the `Date` header counts whole seconds,
+        so an estimate that small is the header's rounding, not the provider's clock.
+        """
         skew = self.skew_seconds
-        return timedelta(seconds=abs(skew)) if skew is not None else timedelta(0)
+        if skew is None or abs(skew) < RESOLUTION_SECONDS:
+            return timedelta(0)
+        return timedelta(seconds=abs(skew))

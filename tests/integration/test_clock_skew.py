@@ -100,3 +100,4 @@ def test_the_skew_is_the_median_against_each_calls_midpoint() -> None:
 
     assert estimator.skew_seconds == pytest.approx(10, abs=1)
     assert estimator.widening() == timedelta(seconds=abs(estimator.skew_seconds or 0))
+    assert SkewEstimator().widening() == timedelta(0)  # unknown: nothing to widen by
