@@ -1,11 +1,11 @@
 """A local HTTP stand-in for the iletiMerkezi JSON API.
 
 The sandbox answers the endpoints smsledger uses (send-sms, get-report, cancel-order,
-get-balance, get-reports) with the provider's documented bodies and codes, moves every order through the
-provider's lifecycle by an injectable clock, and misbehaves on request (latency, 503s, lost
-answers, unreadable answers) so that tests, benchmarks, ``smsledger demo`` and dry runs meet the
-failures the real service produces. It keeps the truth -- what the provider really did -- so a
-test can prove, for example, that no order was cancelled twice.
+get-balance, get-reports) with the provider's documented bodies and codes, moves every order
+through the provider's lifecycle by an injectable clock, and misbehaves on request (latency,
+503s, lost answers, unreadable answers) so that tests, benchmarks, ``smsledger demo`` and dry
+runs meet the failures the real service produces. It keeps the truth -- what the provider really
+did -- so a test can prove, for example, that no order was cancelled twice.
 
 An order's life, by the sandbox's clock::
 
