@@ -205,8 +205,18 @@ class Ledger:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, order_id: str, send_at: datetime, label: str | None = None) -> Order:
-        """Record a scheduled order; registering the same id and time again changes nothing."""
+    def register(
+        self,
+        order_id: str,
+        send_at: datetime,
+        label: str | None = None,
+        *,
+        reason: str = "registered",
+    ) -> Order:
+        """Record a scheduled order; registering the same id and time again changes nothing.
+
+        `reason` is the registration's history reason (reconcile's is "imported from provider").
+        """
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
@@ -220,13 +230,13 @@ class Ledger:
                             raise RegistrationConflict(oid, existing.send_at, when)
                         return existing
                     self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, "registered")
+                    self.store.insert_new(conn, [(oid, when, label)], now, reason)
                     order = Order(
                         order_id=oid,
                         send_at=when,
                         state=OrderState.SCHEDULED,
                         label=label,
-                        reason="registered",
+                        reason=reason,
                         cancel_requested_at=None,
                         cancel_attempts=0,
                         check_attempts=0,
@@ -242,7 +252,7 @@ class Ledger:
                     raise
                 continue  # the other process's row is committed now: decide again on it
             assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
+            self.store._log_change(oid, None, OrderState.SCHEDULED, reason, None)
             return order
         raise AssertionError("unreachable")  # pragma: no cover
 

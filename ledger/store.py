@@ -377,6 +377,17 @@ class Store:
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
 
+    def registered_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Orders the ledger registered in [start, end), by registration time."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.created_at >= start)
+            .where(orders_t.c.created_at < end)
+            .order_by(orders_t.c.created_at, orders_t.c.order_id)
+        )
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
     def claimable(
         self, state: OrderState, now: datetime, *, limit: int, exclude: Sequence[str] = ()
     ) -> list[Order]:
