@@ -1,7 +1,7 @@
 """smsledger_alerts (the alerts outbox) and smsledger_daemons (daemon heartbeats).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-10
 
 Two new tables, nothing else touched: an alert is written in the same transaction as the state
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
