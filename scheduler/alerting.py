@@ -63,15 +63,22 @@ def post_alert(
     config: AlertsConfig,
     *,
     transport: httpx.BaseTransport | None = None,
+    http: httpx.Client | None = None,
 ) -> Delivery:
-    """POST one alert body with its headers; never raises for the receiver's failures."""
+    """POST one alert body with its headers; never raises for the receiver's failures.
+
+    `http`: a client to reuse (the sender's, keeping its connections); else one is made.
+    """
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": str(payload["alert_id"])}
     if config.secret:
         headers[SIGNATURE_HEADER] = sign(config.secret, body)
     try:
-        with httpx.Client(timeout=config.timeout_seconds, transport=transport) as http:
+        if http is not None:
             response = http.post(config.webhook_url, content=body, headers=headers)
+        else:
+            with httpx.Client(timeout=config.timeout_seconds, transport=transport) as own:
+                response = own.post(config.webhook_url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         # httpx messages may quote the URL, and a chat webhook's URL is a credential.
         detail = str(exc).replace(config.webhook_url, webhook_host(config.webhook_url))
@@ -102,12 +109,12 @@ class AlertSender:
         self._config = config
         self._owner = owner
         self._clock = lease_clock or store.lease_now
-        self._transport = transport
         self._poll = poll_seconds
         self._cap = backoff_cap_seconds
         self._rng = rng or random.Random()
         # A claim outlives one POST (cut off at the timeout) with room to mark it.
         self._lease = timedelta(seconds=config.timeout_seconds + 10)
+        self._http = httpx.Client(timeout=config.timeout_seconds, transport=transport)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,6 +133,8 @@ class AlertSender:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self._config.timeout_seconds + 5)
+        if self._thread is None or not self._thread.is_alive():
+            self._http.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -155,7 +164,7 @@ class AlertSender:
         return len(claimed)
 
     def _deliver(self, alert: Alert) -> None:
-        result = post_alert(alert.payload(), self._config, transport=self._transport)
+        result = post_alert(alert.payload(), self._config, http=self._http)
         now = self._clock()
         fields = {"alert_id": alert.alert_id, "alert_event": alert.event}
         if result.ok:

@@ -172,7 +172,7 @@ def test_two_daemons_send_each_alert_once(ledger: Ledger, receiver: Receiver) ->
     for sender in senders:
         sender.start()
     try:
-        wait_for(lambda: len(receiver.received) >= 30, timeout=30, what="thirty alerts")
+        wait_for(lambda: len(receiver.received) >= 30, timeout=120, what="thirty alerts")
     finally:
         for sender in senders:
             sender.stop()
