@@ -24,6 +24,7 @@ from ledger.errors import (
 from ledger.logsetup import configure_logging
 from ledger.margins import Window, window
 from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
 from ledger.states import RESOLVABLE, OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
@@ -177,7 +178,7 @@ class Ledger:
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-        return cls(
+        ledger = cls(
             config.ledger.url,
             warn_before=config.windows.warn_before,
             refuse_before=config.windows.refuse_before,
@@ -186,6 +187,9 @@ class Ledger:
             clock=clock,
             must_exist=must_exist,
         )
+        if config.alerts.enabled:
+            ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
+        return ledger
 
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""

@@ -37,6 +37,7 @@ from ledger._clock import utcnow
 from ledger._urls import UNPARSABLE, display_url
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
 from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
+from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -83,6 +84,14 @@ def _driver_rows(
     sql, positional = _driver_insert(table, keys, dialect)
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
+
+#: The log level of a change into a state a person should look at (others log at info).
+_LOUD = {
+    OrderState.NEEDS_ATTENTION: "error",
+    OrderState.TOO_LATE: "warning",
+    OrderState.CANCEL_REFUSED: "warning",
+    OrderState.NOT_FOUND: "warning",
+}
 
 #: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
 _SCHEMA_LOCK = (
@@ -204,6 +213,8 @@ class Store:
         and is opened read-write without create, so one removed later is not made again either.
         """
         self.url = url
+        #: Which state changes write an alert in their own transaction (None: alerts are off).
+        self.alerts: AlertPolicy | None = None
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
@@ -620,6 +631,8 @@ class Store:
                 )
             )
             order = _order(row)
+            if self.alerts is not None:
+                self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
 
@@ -680,6 +693,8 @@ class Store:
                         for o in orders
                     ],
                 )
+                if self.alerts is not None:
+                    self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
         return orders
@@ -799,7 +814,9 @@ class Store:
         reason: str,
         details: Mapping[str, Any] | None,
     ) -> None:
-        log.info(
+        # Outcomes a person must look at are loud: `logs --level warning` finds every one.
+        level = _LOUD.get(to_state, "info")
+        getattr(log, level)(
             "order_state_changed",
             order_id=order_id,
             from_state=from_state.value if from_state else None,
