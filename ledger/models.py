@@ -27,6 +27,7 @@ __all__ = [
     "DAEMONS_TABLE",
     "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
+    "JOBS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
     "AlertRow",
@@ -34,6 +35,7 @@ __all__ = [
     "Delivery",
     "Event",
     "EventRow",
+    "JobRow",
     "Order",
     "OrderRow",
     "UTCDateTime",
@@ -44,6 +46,7 @@ ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
 ALERTS_TABLE = "smsledger_alerts"
 DAEMONS_TABLE = "smsledger_daemons"
+JOBS_TABLE = "smsledger_jobs"
 #: The orders' delivery counters, as the provider names them.
 DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
 
@@ -182,6 +185,18 @@ class DaemonRow(_LedgerModel, table=True):
     version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     last_pass_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class JobRow(_LedgerModel, table=True):
+    """One periodic job shared by every daemon on the ledger (e.g. reconcile): who runs it now
+    and when it last started, so only one daemon runs it per period (see `ledger.jobs`)."""
+
+    __tablename__ = JOBS_TABLE
+
+    name: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    last_run_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    claim_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 @dataclass(frozen=True)

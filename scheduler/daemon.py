@@ -15,7 +15,10 @@ A pass, in order:
 5. dispatch: `scheduled` orders whose send time has passed become `dispatched`;
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
-   itself, so throughput does not wait for the next pass.
+   itself, so throughput does not wait for the next pass;
+7. the provider's truth (`scheduler.followup`, with `[reconcile]`): the dispatch follow-up, the
+   needs_attention re-check and, one daemon per period, reconcile, on a thread of their own, so
+   they never hold a pass or a cancel. None of them sends a cancel.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -44,11 +47,12 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
-from ledger.config import AlertsConfig, SchedulerConfig
+from ledger.config import AlertsConfig, ReconcileConfig, SchedulerConfig
 from ledger.logsetup import configure_logging
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
+from scheduler.followup import ProviderTruth
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
 from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 from scheduler.skew import SkewEstimator
@@ -174,12 +178,15 @@ class Daemon:
         alerts: AlertsConfig | None = None,
         max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
         alert_transport: Any = None,
+        reconcile: ReconcileConfig | None = None,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
         to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
 
         `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
         of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        `reconcile` turns on the provider's truth read back after each pass (`scheduler.followup`:
+        dispatch follow-up, needs_attention re-check, periodic reconcile); None leaves it off.
         """
         if lease is None:
             lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
@@ -231,6 +238,20 @@ class Daemon:
                 lease_clock=self._lease_clock,
                 transport=alert_transport,
             )
+        self.truth = (
+            None
+            if reconcile is None
+            else ProviderTruth(
+                ledger,
+                client,
+                reconcile,
+                owner=self.owner,
+                lease=lease,
+                clock=self._clock,
+                lease_clock=self._lease_clock,
+                stopping=self._stopping,
+            )
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -257,6 +278,8 @@ class Daemon:
         try:
             report = self._pass()
             self.wait_idle()
+            if self.truth is not None:
+                self.truth.join()
             report.finished = self._take_finished()
         finally:
             with self._lock:
@@ -277,7 +300,10 @@ class Daemon:
             self._collecting += 1
         try:
             report = self._pass()
-            if not self.wait_idle(max(0.0, stop_at - time.monotonic())):
+            idle = self.wait_idle(max(0.0, stop_at - time.monotonic()))
+            if self.truth is not None:
+                idle = self.truth.join(max(0.0, stop_at - time.monotonic())) and idle
+            if not idle:
                 drained = self.stop(grace=max(0.0, deadline - time.monotonic()))
                 log.warning(
                     "pass_once_deadline",
@@ -320,6 +346,8 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        if self.truth is not None:  # after the cancel work started, on a thread of its own
+            self.truth.kick()
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
@@ -619,7 +647,10 @@ class Daemon:
             self._inflight.difference_update(o.order_id for o in unstarted)
         for order in unstarted:  # claimed in a batch but never worked: free them now
             self._store.release(order.order_id, self.owner)
+        ends = time.monotonic() + grace
         drained = self.wait_idle(grace)
+        if self.truth is not None:  # it stops at its next provider call
+            self.truth.join(max(0.0, ends - time.monotonic()))
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
             _LIVE_OWNERS.discard(self.owner)
@@ -723,6 +754,7 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
         alerts=config.alerts,
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
+        reconcile=config.reconcile,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:
