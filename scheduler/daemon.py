@@ -740,7 +740,10 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
     """
     config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-    ledger = Ledger.from_config(config, setup_logging=False)
+    # Create (or migrate) the ledger, then work on it opened without create: a connection that a
+    # thread opens after the SQLite file was removed must fail, not make an empty file there.
+    Ledger.from_config(config, setup_logging=False).close()
+    ledger = Ledger.from_config(config, setup_logging=False, must_exist=True)
     client = IletiMerkeziClient.from_config(
         config.api, max_connections=max(8, config.scheduler.max_concurrent_cancels * 2)
     )

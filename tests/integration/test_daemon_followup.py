@@ -532,3 +532,14 @@ def test_only_one_of_many_racing_takes_a_jobs_turn(shared_url: str, clock: FakeC
     finally:
         for each in ledgers:
             each.close()
+
+
+def test_a_ledger_opened_only_if_it_exists_still_names_its_file(tmp_path: Path) -> None:
+    """`smsledger run` works on the ledger opened with must_exist (so a thread's new connection
+    never makes an empty file where the ledger was removed); its file check needs the path."""
+    Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").close()
+    opened = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", must_exist=True)
+    try:
+        assert opened.store.database_file == tmp_path / "ledger.db"
+    finally:
+        opened.close()
