@@ -254,6 +254,11 @@ def _bound_by_deadline(transport: httpx.BaseTransport) -> None:
         pool._network_backend = _DeadlineBackend(backend)
 
 
+def connection_limits(max_connections: int) -> httpx.Limits:
+    """The limits of the client's one shared connection pool (also the benchmark's bare client)."""
+    return httpx.Limits(max_connections=max_connections)
+
+
 class ApiSettings(Protocol):
     """What `IletiMerkeziClient.from_config` reads: the `[api]` section of smsledger's config."""
 
@@ -302,7 +307,7 @@ class IletiMerkeziClient:
         self._monotonic = monotonic
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections),
+            limits=connection_limits(max_connections),
             transport=transport,
             headers={"Accept": "application/json"},
         )
