@@ -182,6 +182,7 @@ def write_config(
     poll_seconds: float = 1.0,
     max_concurrent_cancels: int = 16,
     level: str = "info",
+    once_deadline_seconds: float = 600.0,
 ) -> Path:
     """A config file for a daemon of the benchmarks (sandbox credentials, default margins)."""
     path.write_text(
@@ -199,6 +200,7 @@ timeout_seconds = 10
 [scheduler]
 poll_seconds = {poll_seconds}
 max_concurrent_cancels = {max_concurrent_cancels}
+once_deadline_seconds = {once_deadline_seconds}
 
 [log]
 path = {json.dumps(str(log_path))}

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--keep", type=Path, default=None, help="copy py-spy's raw profile here")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy")
     if py_spy is None:
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"py-spy / run --once exited {child.returncode}: {child.stderr}")
             seconds = provider_span_seconds(setup.log)
         counts, outside = split(raw)
+        if args.keep is not None:
+            shutil.copyfile(raw, args.keep)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     total = sum(counts.values())

@@ -84,6 +84,41 @@ def _driver_rows(
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+#: Prefix of the bound parameters `_transition_update` sets columns from (a bound parameter may
+#: not take a column's own name in an UPDATE's SET clause).
+_SET = "_set_"
+_EVENT_INSERT = events_t.insert()
+
+
+@functools.cache
+def _transition_update(
+    keys: tuple[str, ...], increment: tuple[str, ...], owner: bool, unexpired: bool
+) -> sa.Update:
+    """The guarded UPDATE of `Store.transition` for one shape of change, built once.
+
+    Built per call, the statement's construction and cache key were a fifth of the daemon's CPU
+    per cancelled order; with bound parameters one object serves every order of a shape.
+    """
+    sets: dict[str, Any] = {
+        key: sa.bindparam(_SET + key, type_=orders_t.c[key].type) for key in keys
+    }
+    for column in increment:
+        sets[column] = orders_t.c[column] + 1
+    stmt = (
+        orders_t.update()
+        .where(orders_t.c.order_id == sa.bindparam("_order_id"))
+        .where(orders_t.c.state == sa.bindparam("_from_state"))
+        .values(sets)
+        .returning(*orders_t.c)
+    )
+    if owner:
+        stmt = stmt.where(orders_t.c.claim_owner == sa.bindparam("_owner"))
+    if unexpired:
+        expires = orders_t.c.claim_expires_at
+        stmt = stmt.where(expires > sa.bindparam("_unexpired_at", type_=expires.type))
+    return stmt
+
+
 #: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
 _SCHEMA_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
@@ -567,40 +602,36 @@ class Store:
             raise IllegalTransition(
                 f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
             )
+        if unexpired_at is not None and expect_owner is None:
+            raise ValueError("unexpired_at fences a claim: it needs expect_owner")
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
             changes["claim_owner"] = None
             changes["claim_expires_at"] = None
         changes.update(values or {})
-        for column in increment:
-            changes[column] = orders_t.c[column] + 1
-        stmt = (
-            orders_t.update()
-            .where(orders_t.c.order_id == order_id)
-            .where(orders_t.c.state == from_state.value)
-            .values(**changes)
-            .returning(*orders_t.c)
+        stmt = _transition_update(
+            tuple(changes), tuple(increment), expect_owner is not None, unexpired_at is not None
         )
-        if expect_owner is not None:
-            stmt = stmt.where(orders_t.c.claim_owner == expect_owner)
-        if unexpired_at is not None:
-            if expect_owner is None:
-                raise ValueError("unexpired_at fences a claim: it needs expect_owner")
-            stmt = stmt.where(orders_t.c.claim_expires_at > unexpired_at)
+        params = {_SET + key: value for key, value in changes.items()}
+        params.update(
+            _order_id=order_id,
+            _from_state=from_state.value,
+            _owner=expect_owner,
+            _unexpired_at=unexpired_at,
+        )
+        event = {
+            "order_id": order_id,
+            "at": now,
+            "from_state": from_state.value,
+            "to_state": to_state.value,
+            "reason": reason,
+            "details": dict(details) if details else None,
+        }
         with self.write() as conn:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(stmt, params).mappings().first()
             if row is None:
                 return TransitionResult(applied=False, order=self.get(order_id, conn))
-            conn.execute(
-                events_t.insert().values(
-                    order_id=order_id,
-                    at=now,
-                    from_state=from_state.value,
-                    to_state=to_state.value,
-                    reason=reason,
-                    details=dict(details) if details else None,
-                )
-            )
+            conn.execute(_EVENT_INSERT, event)
             order = _order(row)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)

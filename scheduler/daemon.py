@@ -573,8 +573,9 @@ class Daemon:
 
 
 def pool_size(max_concurrent_cancels: int) -> int:
-    """Connections the daemon's provider client may open: each worker holds one at a time."""
-    return max(8, max_concurrent_cancels * 2)
+    """Connections the daemon's provider client keeps: each worker holds one at a time, and
+    every one stays open between calls (`connection_limits`)."""
+    return max(1, max_concurrent_cancels)
 
 
 def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
