@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -269,11 +270,27 @@ class Ledger:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
                 continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
+            self._log_registered(new, len(existing))
             return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_registered(new: Sequence[tuple[str, datetime, str | None]], known: int) -> None:
+        """One summary line per bulk call: a line per order cost more than the insert itself.
+
+        Each order's registration stays in its history (and `smsledger logs --order` reads it
+        from there).
+        """
+        fields: dict[str, Any] = {"count": len(new), "already_known": known}
+        if new:
+            labels = sorted({label or "" for _, _, label in new})
+            fields["label"] = labels[0] or None if len(labels) == 1 else None
+            if len(labels) > 1:
+                fields["labels"] = [label or None for label in labels]
+            times = [when for _, when, _ in new]
+            fields["first_send_at"] = min(times).astimezone(UTC).isoformat()
+            fields["last_send_at"] = max(times).astimezone(UTC).isoformat()
+        log.info("orders_registered", **fields)
 
     @staticmethod
     def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:
