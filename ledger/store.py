@@ -183,7 +183,7 @@ def _datetime_to_db(dialect: Dialect) -> Any:
 
 
 #: SQLite's default DATETIME storage format: what `_sqlite_stamp` writes.
-_SQLITE_DATETIME_FORMAT = sqlite_dialect.DATETIME()._storage_format
+_SQLITE_DATETIME_FORMAT: str = sqlite_dialect.DATETIME._storage_format
 
 
 def _sqlite_stamp(value: datetime) -> str:
