@@ -37,7 +37,8 @@ from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 from ledger._clock import utcnow
 from ledger._urls import UNPARSABLE, display_url
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
-from ledger.models import Event, EventRow, Order, OrderRow
+from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
+from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -119,6 +120,14 @@ def _transition_update(
         stmt = stmt.where(expires > sa.bindparam("_unexpired_at", type_=expires.type))
     return stmt
 
+
+#: The log level of a change into a state a person should look at (others log at info).
+_LOUD = {
+    OrderState.NEEDS_ATTENTION: "error",
+    OrderState.TOO_LATE: "warning",
+    OrderState.CANCEL_REFUSED: "warning",
+    OrderState.NOT_FOUND: "warning",
+}
 
 #: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
 _SCHEMA_LOCK = (
@@ -261,6 +270,8 @@ class Store:
         and is opened read-write without create, so one removed later is not made again either.
         """
         self.url = url
+        #: Which state changes write an alert in their own transaction (None: alerts are off).
+        self.alerts: AlertPolicy | None = None
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
@@ -431,6 +442,17 @@ class Store:
             stmt = stmt.where(orders_t.c.send_at < send_before)
         if limit is not None:
             stmt = stmt.limit(limit)
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def registered_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Orders the ledger registered in [start, end), by registration time."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.created_at >= start)
+            .where(orders_t.c.created_at < end)
+            .order_by(orders_t.c.created_at, orders_t.c.order_id)
+        )
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
 
@@ -612,6 +634,7 @@ class Store:
         increment: Sequence[str] = (),
         expect_owner: str | None = None,
         unexpired_at: datetime | None = None,
+        by_person: bool = False,
     ) -> TransitionResult:
         """Apply one legal state change as a guarded update plus its event, in one transaction.
 
@@ -619,10 +642,16 @@ class Store:
         `expect_owner`, still claimed by that owner; with `unexpired_at` too, a lease time, only
         while that claim has not expired then: a fenced write); when it does not match nothing is
         written and the result says so. Leaving for a final state releases any claim.
+        `by_person`: a person asked for it (`Ledger.resolve`), which `BY_PERSON_ONLY` needs.
         """
-        if not is_legal(from_state, to_state):
+        if not is_legal(from_state, to_state, by_person=by_person):
             raise IllegalTransition(
                 f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
+                + (
+                    " (only a person may take it)"
+                    if is_legal(from_state, to_state, by_person=True)
+                    else ""
+                )
             )
         if unexpired_at is not None and expect_owner is None:
             raise ValueError("unexpired_at fences a claim: it needs expect_owner")
@@ -655,6 +684,8 @@ class Store:
                 return TransitionResult(applied=False, order=self.get(order_id, conn))
             conn.execute(_EVENT_INSERT, event)
             order = _order(row)
+            if self.alerts is not None:
+                self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
 
@@ -715,6 +746,8 @@ class Store:
                         for o in orders
                     ],
                 )
+                if self.alerts is not None:
+                    self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
         return orders
@@ -787,6 +820,34 @@ class Store:
         with self.write() as conn:
             conn.execute(stmt)
 
+    def record_delivery(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        values: Mapping[str, Any],
+        now: datetime,
+    ) -> Order | None:
+        """Record what the provider reported (delivery counters, its code) on an order still in
+        `state`, without a state change and so without a history row; None when the state moved.
+
+        Only `DELIVERY_COLUMNS`, ``delivery_checked_at`` and ``last_provider_code`` may be set.
+        """
+        allowed = {*DELIVERY_COLUMNS, "delivery_checked_at", "last_provider_code"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"record_delivery cannot set {', '.join(sorted(unknown))}")
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .values(**values, updated_at=now)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
     def mark_warned(self, order_id: str, now: datetime) -> bool:
         """Record that the at-risk warning was given; True only for the first caller."""
         stmt = (
@@ -806,7 +867,9 @@ class Store:
         reason: str,
         details: Mapping[str, Any] | None,
     ) -> None:
-        log.info(
+        # Outcomes a person must look at are loud: `logs --level warning` finds every one.
+        level = _LOUD.get(to_state, "info")
+        getattr(log, level)(
             "order_state_changed",
             order_id=order_id,
             from_state=from_state.value if from_state else None,
