@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "LedgerConfig",
     "LogConfig",
+    "ObserveConfig",
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
@@ -89,6 +90,16 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """Probing `scheduled` orders to learn the provider's queue lead (see `smsledger margins`)."""
+
+    #: Orders newly probed per rolling day; 0 turns probing off (answers are still kept).
+    probe_orders_per_day: int = 24
+    #: The most probe calls one order gets.
+    max_probes_per_order: int = 12
+
+
+@dataclass(frozen=True)
 class LogConfig:
     path: str = "smsledger.log.jsonl"
     level: str = "info"
@@ -104,6 +115,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
     @property
@@ -141,6 +153,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "api": ApiConfig,
     "scheduler": SchedulerConfig,
     "log": LogConfig,
+    "observe": ObserveConfig,
 }
 
 
@@ -289,9 +302,17 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(f"scheduler.cancel_settle_seconds{where} must not be negative")
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
+    _check_observe(config.observe, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
     if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"ledger.synchronous{where} must be OFF, NORMAL, FULL or EXTRA")
     if config.ledger.busy_timeout_seconds < 0:
         raise ConfigError(f"ledger.busy_timeout_seconds{where} must not be negative")
+
+
+def _check_observe(observe: ObserveConfig, where: str) -> None:
+    if observe.probe_orders_per_day < 0:
+        raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
+    if observe.max_probes_per_order < 1:
+        raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")

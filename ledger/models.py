@@ -24,10 +24,12 @@ from ledger.states import OrderState
 
 __all__ = [
     "EVENTS_TABLE",
+    "LEAD_OBSERVATIONS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
     "Event",
     "EventRow",
+    "LeadObservationRow",
     "Order",
     "OrderRow",
     "UTCDateTime",
@@ -36,6 +38,7 @@ __all__ = [
 ORDER_ID_MAX = 64
 ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
+LEAD_OBSERVATIONS_TABLE = "smsledger_lead_observations"
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -122,6 +125,46 @@ class EventRow(_LedgerModel, table=True):
     to_state: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     details: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
+
+
+class LeadObservationRow(_LedgerModel, table=True):
+    """One get-report answer about an order with time left: a fact about its queue lead.
+
+    `seconds_left` is the bound the answer proves, taken at the edge of the call that keeps it
+    safe: from the call's start for a 456 (the lead is less), from its end for 113/114 (the lead
+    is at least). A probe first claims its (order, step) with `status` NULL, so daemons sharing
+    the ledger probe an order at most once per step; the answer then fills the row in.
+    """
+
+    __tablename__ = LEAD_OBSERVATIONS_TABLE
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "order_id", "probe_step", name=f"{LEAD_OBSERVATIONS_TABLE}_probe_step_key"
+        ),
+        sa.Index(f"ix_{LEAD_OBSERVATIONS_TABLE}_at", "at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
+    order_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(ORDER_ID_MAX),
+            sa.ForeignKey(f"{ORDERS_TABLE}.order_id"),
+            nullable=False,
+            index=True,
+        )
+    )
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    seconds_left: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    #: 456, 113 or 114; NULL while a probe's call is under way (or after it failed).
+    status: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: precheck, verify or probe.
+    source: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    probe_step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: How long the provider call took (wall time), for the suggested margin's call allowance.
+    duration_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ A pass, in order:
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
+7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
+   dispatch on a thread of its own, to learn the provider's queue lead.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -45,6 +47,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
 from scheduler.cancelling import CancelSequence
+from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import IletiMerkeziClient
 from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 
@@ -157,9 +160,13 @@ class Daemon:
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
         cancel_settle_seconds: float = 20.0,
+        probe_orders_per_day: int = 0,
+        max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
-        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`)."""
+        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
+        Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
+        `[observe]`); the answers of the cancel sequence are kept either way."""
         if lease is None:
             lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
         self.ledger = ledger
@@ -184,6 +191,16 @@ class Daemon:
         self._ledger_identity = _file_identity(self._ledger_file) if self._ledger_file else None
         #: Set once the ledger file was found removed or replaced: the daemon must end.
         self.ledger_lost = threading.Event()
+        recorder = LeadRecorder(ledger)
+        self.prober = Prober(
+            ledger,
+            client,
+            recorder,
+            orders_per_day=probe_orders_per_day,
+            max_per_order=max_probes_per_order,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -195,6 +212,7 @@ class Daemon:
             sleep=sleep,
             rng=rng,
             settle_seconds=cancel_settle_seconds,
+            recorder=recorder,
         )
 
     # -- one pass ------------------------------------------------------------------------------
@@ -269,6 +287,7 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        self.prober.start(now, self._cancels_waiting)
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
@@ -476,10 +495,25 @@ class Daemon:
                 self._workers -= 1
                 self._lock.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no worker runs; False if `timeout` ran out first."""
+    def _cancels_waiting(self) -> bool:
+        """Whether a cancel request waits for a worker (then the prober makes no call)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+            if self._ready:
+                return True
+            exclude = self._busy(self._clock())
+        waiting = self._store.claimable(
+            OrderState.CANCEL_REQUESTED, self._lease_clock(), limit=1, exclude=exclude
+        )
+        return bool(waiting)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker (nor the prober) runs; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._workers == 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.prober.wait_idle(left)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
         """Stop taking work and give in-flight sequences `grace` seconds to end.
@@ -592,6 +626,8 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
+        probe_orders_per_day=config.observe.probe_orders_per_day,
+        max_probes_per_order=config.observe.max_probes_per_order,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:
