@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -54,6 +54,7 @@ from scheduler.cli.output import (
     escape_json,
     event_json,
     history_table,
+    margins_lines,
     order_json,
     order_table,
     say,
@@ -456,6 +457,29 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
+
+
 def run_demo() -> int:
     """`smsledger demo`: takes no config; the demo writes its own."""
     from scheduler.cli.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
@@ -491,4 +515,5 @@ HANDLERS: dict[str, Handler] = {
     "run": _cmd_run,
     "check": _cmd_check,
     "migrate": _cmd_migrate,
+    "margins": _cmd_margins,
 }
