@@ -69,6 +69,8 @@ FLOOR_SECONDS = 5.0
 MIN_GAP_SECONDS = 1.0
 #: Earlier observations that place the dense probes.
 PRIOR_PERIOD = timedelta(days=30)
+#: How long the probe places stay in force before the observations are read again.
+PLAN_REFRESH = timedelta(seconds=60)
 #: The probe budget's period.
 BUDGET_PERIOD = timedelta(days=1)
 #: Orders a probe step looks at.
@@ -255,6 +257,8 @@ class Prober:
         self._running = False
         #: Probe calls made by the last step (for tests and the pass report).
         self.last_probes = 0
+        #: The probe places and when they were worked out (the prior changes slowly).
+        self._plan: tuple[datetime, list[float]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -299,10 +303,7 @@ class Prober:
         """
         if not self.enabled:
             return 0
-        targets = probe_targets(
-            probe_prior(brackets(observations_since(self._store, now - PRIOR_PERIOD)).values()),
-            self._max,
-        )
+        targets = self._targets(now)
         if not targets:
             return 0
         probes = 0
@@ -321,6 +322,16 @@ class Prober:
             self._probe(candidate, row)
             probes += 1
         return probes
+
+    def _targets(self, now: datetime) -> list[float]:
+        """The probe places, from the last `PRIOR_PERIOD` of observations, read at most once per
+        `PLAN_REFRESH` (a month of observations is not read every pass)."""
+        if self._plan is not None and abs(now - self._plan[0]) < PLAN_REFRESH:
+            return self._plan[1]
+        observed = observations_since(self._store, now - PRIOR_PERIOD)
+        targets = probe_targets(probe_prior(brackets(observed).values()), self._max)
+        self._plan = (now, targets)
+        return targets
 
     def _due(self, now: datetime, targets: Sequence[float]) -> list[_Candidate]:
         orders = self._store.orders(
