@@ -27,6 +27,7 @@ __all__ = [
     "LedgerConfig",
     "LogConfig",
     "ObserveConfig",
+    "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
@@ -100,6 +101,23 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
+
+    #: `smsledger reconcile` without --days reads orders created this many days back to today.
+    days: int = 10
+    #: The label of orders imported from the provider (scheduled in its panel or elsewhere).
+    import_label: str = "imported"
+    #: The daemon reconciles this often (one daemon per period); 0 turns it off.
+    every_seconds: float = 900.0
+    #: A dispatched order is read with get-report this long after its send time (and again
+    #: as often while the provider says 113, up to 24 h after it).
+    follow_up_seconds: float = 600.0
+    #: needs_attention orders are read again this often, up to 24 h after their send time.
+    recheck_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     path: str = "smsledger.log.jsonl"
     level: str = "info"
@@ -116,6 +134,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
     @property
@@ -154,6 +173,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "scheduler": SchedulerConfig,
     "log": LogConfig,
     "observe": ObserveConfig,
+    "reconcile": ReconcileConfig,
 }
 
 
@@ -303,6 +323,7 @@ def _check_values(config: Config, where: str) -> None:
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
     _check_observe(config.observe, where)
+    _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
     if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -316,3 +337,17 @@ def _check_observe(observe: ObserveConfig, where: str) -> None:
         raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
     if observe.max_probes_per_order < 1:
         raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")
+
+
+def _check_reconcile(r: ReconcileConfig, where: str) -> None:
+    if r.days < 1:
+        raise ConfigError(f"reconcile.days{where} must be at least 1")
+    if not r.import_label.isprintable() or len(r.import_label) > 200:
+        raise ConfigError(
+            f"reconcile.import_label{where} must be printable text of at most 200 characters"
+        )
+    for name in ("every_seconds", "follow_up_seconds"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"reconcile.{name}{where} must not be negative")
+    if r.recheck_seconds <= 0:
+        raise ConfigError(f"reconcile.recheck_seconds{where} must be positive")

@@ -1,7 +1,7 @@
 """The table of lead observations: get-report answers that bound the provider's queue lead.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 
 Every get-report answer about an order with time left says whether the order's queue lead is less
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
