@@ -29,6 +29,7 @@ __all__ = [
     "LedgerConfig",
     "LogConfig",
     "MetricsConfig",
+    "ObserveConfig",
     "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
@@ -132,6 +133,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """Probing `scheduled` orders to learn the provider's queue lead (see `smsledger margins`)."""
+
+    #: Orders newly probed per rolling day; 0 turns probing off (answers are still kept).
+    probe_orders_per_day: int = 24
+    #: The most probe calls one order gets.
+    max_probes_per_order: int = 12
+
+
+@dataclass(frozen=True)
 class ReconcileConfig:
     """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
 
@@ -166,6 +177,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
@@ -219,6 +231,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "alerts": AlertsConfig,
     "metrics": MetricsConfig,
+    "observe": ObserveConfig,
     "reconcile": ReconcileConfig,
 }
 
@@ -378,6 +391,7 @@ def _check_values(config: Config, where: str) -> None:
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
     _check_operations(config, where)
+    _check_observe(config.observe, where)
     _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
@@ -422,6 +436,13 @@ def _check_listen(text: str, key: str) -> None:
         parse_listen(text)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_observe(observe: ObserveConfig, where: str) -> None:
+    if observe.probe_orders_per_day < 0:
+        raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
+    if observe.max_probes_per_order < 1:
+        raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")
 
 
 def _check_reconcile(r: ReconcileConfig, where: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ledger.api import Ledger
+from ledger.leads import Source
 from ledger.margins import Window, window
 from ledger.models import Order
 from ledger.states import OrderState
@@ -35,6 +37,7 @@ from scheduler.decisions import (
     too_many_cancels,
     unresolved,
 )
+from scheduler.probing import LeadRecorder
 from scheduler.provider.client import IletiMerkeziClient, Report
 from scheduler.provider.errors import ProviderAuthError, ProviderError, ProviderTransientError
 
@@ -74,12 +77,15 @@ class CancelSequence:
         lease_clock: Callable[[], datetime] | None = None,
         widen: Callable[[], timedelta] | None = None,
         notify: Callable[[str, str], object] | None = None,
+        recorder: LeadRecorder | None = None,
     ) -> None:
         """`widen` gives what both margins grow by now (the clock skew's size); `notify` is told
-        ("credentials_rejected", detail) when the provider rejects our credentials."""
+        ("credentials_rejected", detail) when the provider rejects our credentials; `recorder`
+        keeps the get-report answers that bound the provider's queue lead."""
         self._ledger = ledger
         self._widen = widen or (lambda: timedelta(0))
         self._notify = notify
+        self._recorder = recorder
         self._store = ledger.store
         self._client = client
         self._owner = owner
@@ -288,11 +294,23 @@ class CancelSequence:
             # timeouts) plus a wait of a quarter lease must never outlast the claim.
             self._renew_lease(job, force=failures > 0)
             job.checks += 1
+            started, began = self._clock(), time.perf_counter()
             try:
                 with structlog.contextvars.bound_contextvars(
                     attempt=job.attempts, check=job.checks
                 ):
-                    return self._client.get_report(job.order.order_id)
+                    report = self._client.get_report(job.order.order_id)
+                if self._recorder is not None:
+                    self._recorder.observe(
+                        job.order,
+                        report,
+                        started=started,
+                        clock=self._clock,
+                        duration_ms=(time.perf_counter() - began) * 1000,
+                        source=Source.PRECHECK if job.attempts == 0 else Source.VERIFY,
+                        cancel_may_have_arrived=job.cancel_sent,
+                    )
+                return report
             except ProviderAuthError as exc:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 if self._notify is not None:

@@ -16,6 +16,8 @@ A pass, in order:
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
+7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
+   dispatch on a thread of its own, to learn the provider's queue lead.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -49,6 +51,7 @@ from ledger.logsetup import configure_logging
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
+from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
 from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 from scheduler.skew import SkewEstimator
@@ -174,12 +177,16 @@ class Daemon:
         alerts: AlertsConfig | None = None,
         max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
         alert_transport: Any = None,
+        probe_orders_per_day: int = 0,
+        max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
         to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
 
         `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
         of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
+        `[observe]`); the answers of the cancel sequence are kept either way.
         """
         if lease is None:
             lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
@@ -231,6 +238,16 @@ class Daemon:
                 lease_clock=self._lease_clock,
                 transport=alert_transport,
             )
+        recorder = LeadRecorder(ledger)
+        self.prober = Prober(
+            ledger,
+            client,
+            recorder,
+            orders_per_day=probe_orders_per_day,
+            max_per_order=max_probes_per_order,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -244,6 +261,7 @@ class Daemon:
             sleep=sleep,
             rng=rng,
             settle_seconds=cancel_settle_seconds,
+            recorder=recorder,
         )
 
     # -- one pass ------------------------------------------------------------------------------
@@ -320,6 +338,7 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        self.prober.start(now, self._cancels_waiting)
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
@@ -601,10 +620,25 @@ class Daemon:
                 self._workers -= 1
                 self._lock.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no worker runs; False if `timeout` ran out first."""
+    def _cancels_waiting(self) -> bool:
+        """Whether a cancel request waits for a worker (then the prober makes no call)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+            if self._ready:
+                return True
+            exclude = self._busy(self._clock())
+        waiting = self._store.claimable(
+            OrderState.CANCEL_REQUESTED, self._lease_clock(), limit=1, exclude=exclude
+        )
+        return bool(waiting)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker (nor the prober) runs; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._workers == 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.prober.wait_idle(left)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
         """Stop taking work and give in-flight sequences `grace` seconds to end.
@@ -723,6 +757,8 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
         alerts=config.alerts,
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
+        probe_orders_per_day=config.observe.probe_orders_per_day,
+        max_probes_per_order=config.observe.max_probes_per_order,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:

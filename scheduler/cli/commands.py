@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -57,6 +57,7 @@ from scheduler.cli.output import (
     escape_json,
     event_json,
     history_table,
+    margins_lines,
     order_json,
     order_table,
     say,
@@ -592,6 +593,29 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
+
+
 def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.reconciling import (  # noqa: PLC0415 -- loads only for `reconcile`
         ReconcileIncomplete,
@@ -678,6 +702,7 @@ HANDLERS: dict[str, Handler] = {
     "check": _cmd_check,
     "migrate": _cmd_migrate,
     "alerts": _cmd_alerts,
+    "margins": _cmd_margins,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
 }

@@ -12,7 +12,14 @@ import pytest
 import structlog
 
 from ledger import Config, ConfigError, Ledger, LedgerError, load_config
-from ledger.config import ApiConfig, LedgerConfig, LogConfig, SchedulerConfig, WindowsConfig
+from ledger.config import (
+    ApiConfig,
+    LedgerConfig,
+    LogConfig,
+    ObserveConfig,
+    SchedulerConfig,
+    WindowsConfig,
+)
 
 KEY = "cfg-test-api-key-0123456789"
 HASH = "cfg-test-api-hash-9876543210abcdef"
@@ -44,6 +51,10 @@ max_concurrent_cancels = 4
 [log]
 path = "/var/log/smsledger/ledger.jsonl"
 level = "debug"
+
+[observe]
+probe_orders_per_day = 6
+max_probes_per_order = 9
 """
 
 
@@ -96,6 +107,26 @@ def test_every_key_of_the_documented_example_is_read(write_config: Callable[[str
     assert config.api == ApiConfig("https://sandbox.example.test", KEY, HASH, 4.0)
     assert config.scheduler == SchedulerConfig(0.5, 4, 7.5, 30.0)
     assert config.log == LogConfig("/var/log/smsledger/ledger.jsonl", "debug")
+    assert config.observe == ObserveConfig(6, 9)
+
+
+def test_probing_is_on_by_default_and_can_be_turned_off(
+    write_config: Callable[[str], Path],
+) -> None:
+    assert load_config(None, environ={}).observe == ObserveConfig(24, 12)
+    off = load_config(write_config("[observe]\nprobe_orders_per_day = 0\n"), environ={})
+    assert off.observe.probe_orders_per_day == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["probe_orders_per_day = -1", "max_probes_per_order = 0", "max_probes_per_order = 1.5"],
+)
+def test_bad_probe_settings_are_refused_naming_the_key(
+    write_config: Callable[[str], Path], text: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"observe\.{text.split()[0]}"):
+        load_config(write_config(f"[observe]\n{text}\n"), environ={})
 
 
 def test_whole_numbers_are_accepted_for_seconds_and_read_as_floats(
@@ -362,6 +393,7 @@ def test_the_redacted_config_shows_missing_credentials_as_missing() -> None:
     assert (redacted["api"]["key"], redacted["api"]["hash"]) == ("<missing>", "<missing>")
     assert set(redacted) == {
         "timezone", "source", "ledger", "windows", "api", "scheduler", "log", "alerts", "metrics",
+        "observe",
         "reconcile",
     }  # fmt: skip
 
