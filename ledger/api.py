@@ -20,7 +20,7 @@ from ledger.errors import (
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
-from ledger.margins import Window, window
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, Window
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.schema import current_revision, upgrade
 from ledger.states import OrderState
@@ -105,23 +105,15 @@ class Ledger:
         self,
         url: str = "sqlite:///smsledger.db",
         *,
-        warn_before: timedelta = timedelta(minutes=15),
-        refuse_before: timedelta = timedelta(minutes=5),
+        warn_before: timedelta = DEFAULT_WARN_BEFORE,
+        refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
         must_exist: bool = False,
     ) -> None:
-        if refuse_before < timedelta(0):
-            raise InvalidInput("refuse_before must not be negative")
-        if refuse_before >= warn_before:
-            raise InvalidInput(
-                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
-                f"warn_before ({warn_before.total_seconds():g} s)"
-            )
-        self.warn_before = warn_before
-        self.refuse_before = refuse_before
+        self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
         self.store = Store(
             url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
@@ -166,6 +158,14 @@ class Ledger:
             clock=clock,
             must_exist=must_exist,
         )
+
+    @property
+    def warn_before(self) -> timedelta:
+        return self.margins.warn_before
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return self.margins.refuse_before
 
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
@@ -309,9 +309,9 @@ class Ledger:
                 raise CancelRefused(order, left)
             if order.state is not OrderState.SCHEDULED:
                 raise CancelNotPossible(order)  # too_late / not_found / needs_attention
-            where = window(order.send_at, now, self.warn_before, self.refuse_before)
+            where = self.margins.window(order.send_at, now)
             if where in (Window.REFUSE, Window.PAST):
-                result = self._refuse(order, now, where)
+                result = self._refuse(order, now)
                 if result.applied and result.order is not None:
                     raise CancelRefused(result.order, left)
                 continue
@@ -337,22 +337,14 @@ class Ledger:
             return result.order
         raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
 
-    def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
-        left = order.seconds_left(now)
-        if where is Window.PAST:
-            reason = f"send time passed {abs(left):.0f} s ago"
-        else:
-            reason = (
-                f"inside the refuse margin: {left:.0f} s before dispatch "
-                f"(refuse_before is {self.refuse_before.total_seconds():g} s)"
-            )
+    def _refuse(self, order: Order, now: datetime) -> TransitionResult:
         return self.store.transition(
             order.order_id,
             OrderState.SCHEDULED,
             OrderState.CANCEL_REFUSED,
             now=now,
-            reason=reason,
-            details={"seconds_left": round(left, 3)},
+            reason=self.margins.refusal(order.send_at, now),
+            details={"seconds_left": round(order.seconds_left(now), 3)},
             values={"cancel_requested_at": now},
         )
 

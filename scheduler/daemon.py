@@ -44,6 +44,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
+from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT
 from scheduler.cancelling import CancelSequence
 from scheduler.provider.client import IletiMerkeziClient
 from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
@@ -258,7 +259,7 @@ class Daemon:
             OrderState.CANCEL_REFUSED,
             due_by=now + self.ledger.refuse_before,
             now=now,
-            reason="margin closed before the cancel could be sent",
+            reason=MARGIN_CLOSED,
         )
         report.warned = self._warn(now)
         report.dispatched = self._batch(
@@ -307,7 +308,7 @@ class Daemon:
             OrderState.CANCEL_REFUSED,
             due_by=now,
             now=now,
-            reason="send time passed before a cancel could be sent",
+            reason=SEND_TIME_PASSED_UNSENT,
         )
 
     def _batch(
