@@ -6,8 +6,10 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
+from sqlalchemy.engine import Connection
 
 from ledger._clock import ensure_aware, utcnow
 from ledger.config import Config, find_config_path, load_config
@@ -35,6 +37,9 @@ LABEL_MAX = 200
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
+#: The reason recorded for a new order.
+_REGISTERED = "registered"
+_T = TypeVar("_T")
 #: Asking again for a cancel that is already under way (or done) changes nothing.
 _ALREADY_CANCELLING = frozenset(
     {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
@@ -84,6 +89,26 @@ def check_label(label: str | None) -> str | None:
                 "a label must be plain text on one line"
             )
     return label
+
+
+def _new_order(order_id: str, send_at: datetime, label: str | None, now: datetime) -> Order:
+    """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
+    return Order(
+        order_id=order_id,
+        send_at=send_at,
+        state=OrderState.SCHEDULED,
+        label=label,
+        reason=_REGISTERED,
+        cancel_requested_at=None,
+        cancel_attempts=0,
+        check_attempts=0,
+        last_provider_code=None,
+        warned_at=None,
+        claim_owner=None,
+        claim_expires_at=None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 class Ledger:
@@ -190,41 +215,21 @@ class Ledger:
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
-        for attempt in range(_REGISTER_TRIES):
-            now = self.now()
-            try:
-                with self.store.write() as conn:
-                    existing = self.store.get(oid, conn)
-                    if existing is not None:
-                        if existing.send_at != when:
-                            raise RegistrationConflict(oid, existing.send_at, when)
-                        return existing
-                    self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, "registered")
-                    order = Order(
-                        order_id=oid,
-                        send_at=when,
-                        state=OrderState.SCHEDULED,
-                        label=label,
-                        reason="registered",
-                        cancel_requested_at=None,
-                        cancel_attempts=0,
-                        check_attempts=0,
-                        last_provider_code=None,
-                        warned_at=None,
-                        claim_owner=None,
-                        claim_expires_at=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-            except ConcurrentRegistration:
-                if attempt + 1 == _REGISTER_TRIES:
-                    raise
-                continue  # the other process's row is committed now: decide again on it
-            assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            return order
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def decide(conn: Connection, now: datetime) -> tuple[Order, bool]:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing, False
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, _REGISTERED)
+            return _new_order(oid, when, label, now), True
+
+        order, is_new = self._register_retrying(decide)
+        if is_new:
+            self.store.log_registered([oid], _REGISTERED)
+        return order
 
     def register_many(
         self,
@@ -254,25 +259,36 @@ class Ledger:
             batch[oid] = (oid, when, item_label)
         if not batch:
             return 0
+
+        def decide(conn: Connection, now: datetime) -> tuple[list[str], int]:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, _REGISTERED)
+            return [oid for oid, _when, _label in new], len(existing)
+
+        new_ids, known = self._register_retrying(decide)
+        self.store.log_registered(new_ids, _REGISTERED)
+        log.info("orders_registered", count=len(new_ids), already_known=known)
+        return len(new_ids)
+
+    def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
+        """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
+
+        A registration that lost a race to another process (PostgreSQL only) is rolled back; the
+        other process's rows are committed by then, so deciding again sees them.
+        """
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
                 with self.store.write() as conn:
-                    existing = self.store.existing_send_times(conn, list(batch))
-                    for oid, when in existing.items():
-                        if batch[oid][1] != when:
-                            raise RegistrationConflict(oid, when, batch[oid][1])
-                    new = [row for oid, row in batch.items() if oid not in existing]
-                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
-                    self.store.insert_new(conn, new, now, "registered")
+                    return decide(conn, now)
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
-                continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
-            return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

@@ -11,7 +11,7 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -353,6 +353,11 @@ class Store:
                 [(oid, now_db, state, reason) for oid, _send_at, _label in rows],
             )
         )
+
+    def log_registered(self, order_ids: Iterable[str], reason: str) -> None:
+        """Log the registration of orders `insert_new` wrote, once their transaction committed."""
+        for order_id in order_ids:
+            self._log_change(order_id, None, OrderState.SCHEDULED, reason, None)
 
     @staticmethod
     def _insert_orders(
