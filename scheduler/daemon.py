@@ -24,13 +24,10 @@ times, history) is the daemon's `clock`.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,10 +43,16 @@ from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
 from ledger.logsetup import configure_logging
 from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT
 from scheduler.cancelling import CancelSequence
+from scheduler.claims import (
+    forget_live_owner,
+    lease_for,
+    make_owner,
+    note_live_owner,
+    owner_is_gone,
+)
 from scheduler.provider.client import IletiMerkeziClient
-from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 
-__all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
+__all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
 
 log = structlog.get_logger("smsledger.daemon")
 
@@ -68,18 +71,6 @@ CLOCK_STEP_TOLERANCE = timedelta(seconds=1)
 _PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
 
 
-def lease_for(call_deadline_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal: twice the provider call deadline plus 5 s.
-
-    Every provider call ends within one overall deadline (`IletiMerkeziClient.call_deadline`,
-    config `api.timeout_seconds`), so half the lease covers one whole call with 2.5 s to spare.
-    The sequence renews the claim before each call once a quarter of the lease is gone, so what is
-    left covers that call and one backoff wait (at most a quarter lease): a live daemon's
-    in-flight call is never taken for a crashed one.
-    """
-    return timedelta(seconds=2 * call_deadline_seconds + 5)
-
-
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of `path`, None when it does not exist."""
     try:
@@ -87,34 +78,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-#: Owner ids of the daemons alive in this process (tests and benchmarks run several).
-_LIVE_OWNERS: set[str] = set()
-
-
-def make_owner() -> str:
-    """A claim owner id: host, pid and a random part (pids are reused after restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_gone(owner: str, me: str) -> bool:
-    """True when `owner` was a process of this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        # Our pid: a daemon of this very process, or an earlier incarnation that had the pid.
-        return owner not in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass
@@ -162,10 +125,10 @@ class Daemon:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
         to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`)."""
         if lease is None:
-            lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
+            lease = lease_for(client.call_deadline)
         self.ledger = ledger
         self.owner = owner or make_owner()
-        _LIVE_OWNERS.add(self.owner)
+        note_live_owner(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
         self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
@@ -498,7 +461,7 @@ class Daemon:
         drained = self.wait_idle(grace)
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
-            _LIVE_OWNERS.discard(self.owner)
+            forget_live_owner(self.owner)
         return drained
 
     # -- the long-running loop -----------------------------------------------------------------
@@ -589,7 +552,6 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         ledger,
         client,
         max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
-        lease=lease_for(config.api.timeout_seconds),
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
