@@ -68,9 +68,8 @@ def clock() -> MutableClock:
 
 
 @pytest.fixture
-def sandbox(clock: MutableClock) -> Iterator[Sandbox]:
-    with Sandbox(clock=clock, seed=7) as running:
-        yield running
+def sandbox_options(clock: MutableClock) -> dict[str, Any]:
+    return {"clock": clock, "seed": 7}
 
 
 @pytest.fixture
