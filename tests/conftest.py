@@ -38,15 +38,16 @@ def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def ledger_factory(tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
-    """Open a `Ledger` on a real SQLite file in tmp_path; keyword arguments go to `Ledger`.
+    """Open a `Ledger` on a real SQLite file in tmp_path (or at `url`); keyword arguments go to
+    `Ledger`.
 
     Calls with the same `name` open the same file (as two processes would); all are closed after
     the test.
     """
     opened: list[Ledger] = []
 
-    def make(name: str = "ledger.db", **kwargs: Any) -> Ledger:
-        new = Ledger(f"sqlite:///{tmp_path / name}", **kwargs)
+    def make(name: str = "ledger.db", *, url: str | None = None, **kwargs: Any) -> Ledger:
+        new = Ledger(url or f"sqlite:///{tmp_path / name}", **kwargs)
         opened.append(new)
         return new
 

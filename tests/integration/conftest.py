@@ -74,19 +74,16 @@ def ledger_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def open_ledger(ledger_url: str, ledger_options: dict[str, Any]) -> Iterator[Callable[..., Ledger]]:
+def open_ledger(
+    ledger_factory: Callable[..., Ledger], ledger_url: str, ledger_options: dict[str, Any]
+) -> Callable[..., Ledger]:
     """Open (another) `Ledger` on the test's database, as another process would: `ledger_options`,
-    then keyword overrides. All are closed after the test."""
-    opened: list[Ledger] = []
+    then keyword overrides. All are closed after the test (`ledger_factory`)."""
 
     def make(**overrides: Any) -> Ledger:
-        new = Ledger(ledger_url, **{**ledger_options, **overrides})
-        opened.append(new)
-        return new
+        return ledger_factory(url=ledger_url, **{**ledger_options, **overrides})
 
-    yield make
-    for each in opened:
-        each.close()
+    return make
 
 
 @pytest.fixture
