@@ -101,3 +101,9 @@ def make_sandbox(sandbox_options: dict[str, Any]) -> Iterator[Callable[..., Sand
     yield make
     for sandbox in started:
         sandbox.stop()
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """One sandbox with `sandbox_options` and no faults."""
+    return make_sandbox()

@@ -93,12 +93,6 @@ def ledger(open_ledger: Callable[..., Ledger]) -> Ledger:
 
 
 @pytest.fixture
-def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
-    """One sandbox with `sandbox_options` and no faults."""
-    return make_sandbox()
-
-
-@pytest.fixture
 def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
     """A client of `sandbox`."""
     return make_client(sandbox)
