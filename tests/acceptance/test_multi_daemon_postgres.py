@@ -225,6 +225,7 @@ def test_three_daemons_split_the_work_and_the_survivors_finish_a_killed_ones_aft
     for event in recovered:
         assert (event["previous_owner"], event["reason"]) == (owners[victim], "lease expired")
         expired = held_cancelling[event["order_id"]].claim_expires_at
+        assert expired is not None
         assert datetime.fromisoformat(event["timestamp"]) >= expired
 
     elapsed = time.monotonic() - started

@@ -53,7 +53,7 @@ max_concurrent_cancels = 16
 path = "log.jsonl"
 """
 #: The test process's ledger writes like the daemons (see `Work.write_config`).
-FAST = {"synchronous": "NORMAL"}
+FAST: dict[str, Any] = {"synchronous": "NORMAL"}
 
 
 @dataclass

@@ -10,7 +10,7 @@ import itertools
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,14 +109,17 @@ def order(ledger: Ledger, sandbox: Sandbox, clock: FakeClock) -> Callable[..., O
 
 
 def truth_of(sandbox: Sandbox, order_id: str) -> dict[str, Any]:
-    return sandbox.truth()["orders"][order_id]
+    truth: dict[str, Any] = sandbox.truth()["orders"][order_id]
+    return truth
 
 
 def states_in_history(ledger: Ledger, order_id: str) -> list[str]:
     return [event.to_state.value for event in ledger.history(order_id)]
 
 
-def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events_named(
+    logs: Sequence[MutableMapping[str, Any]], name: str
+) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 
@@ -248,7 +251,7 @@ def test_cancel_whose_answer_is_lost_is_verified_not_resent(
     order: Callable[..., Order],
 ) -> None:
     oid = order().order_id
-    sandbox.set_faults(Faults(**{fault: {"cancel-order": 1}}))
+    sandbox.set_faults(Faults.from_dict({fault: {"cancel-order": 1}}))
 
     with capture_logs() as logs:
         run_pass_within(daemon, PASS_TIMEOUT)
