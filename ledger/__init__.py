@@ -17,13 +17,14 @@ from ledger.errors import (
     LedgerUnavailable,
     NaiveDatetimeError,
     NoLedger,
+    NotResolvable,
     OrderNotFound,
     RegistrationConflict,
     SchemaError,
     SchemaTooNew,
 )
 from ledger.logsetup import configure_logging
-from ledger.models import Event, Order
+from ledger.models import Delivery, Event, Order
 from ledger.states import FINAL_STATES, TRANSITIONS, OrderState
 from ledger.store import TransitionResult
 
@@ -34,6 +35,7 @@ __all__ = [
     "CancelRefused",
     "Config",
     "ConfigError",
+    "Delivery",
     "Event",
     "IllegalTransition",
     "InvalidInput",
@@ -42,6 +44,7 @@ __all__ = [
     "LedgerUnavailable",
     "NaiveDatetimeError",
     "NoLedger",
+    "NotResolvable",
     "Order",
     "OrderNotFound",
     "OrderState",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ from ledger.errors import (
     CancelRefused,
     InvalidInput,
     NoLedger,
+    NotResolvable,
     OrderNotFound,
     RegistrationConflict,
 )
@@ -25,14 +27,24 @@ from ledger.logsetup import configure_logging
 from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, Window
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.schema import current_revision, upgrade
-from ledger.states import OrderState
+from ledger.states import RESOLVABLE, OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
 
-__all__ = ["LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
+__all__ = [
+    "LABEL_MAX",
+    "NOTE_MAX",
+    "Ledger",
+    "check_label",
+    "check_order_id",
+    "is_control",
+    "os_user",
+]
 
 log = structlog.get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: The longest note (and name) `Ledger.resolve` keeps.
+NOTE_MAX = 1000
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
@@ -74,31 +86,41 @@ def is_control(char: str) -> bool:
     return unicodedata.category(char) in _CONTROL_CATEGORIES
 
 
-def check_label(label: str | None) -> str | None:
+def check_label(label: str | None, *, what: str = "label", most: int = LABEL_MAX) -> str | None:
     """Return the label, refusing one that is not text, too long, or holds control characters."""
     if label is None:
         return None
     if not isinstance(label, str):
-        raise InvalidInput(f"label must be text, got {type(label).__name__}")
-    if len(label) > LABEL_MAX:
-        raise InvalidInput(f"label is {len(label)} characters long; at most {LABEL_MAX}")
+        raise InvalidInput(f"{what} must be text, got {type(label).__name__}")
+    if len(label) > most:
+        raise InvalidInput(f"{what} is {len(label)} characters long; at most {most}")
     for n, char in enumerate(label):
         if is_control(char):
             raise InvalidInput(
-                f"label contains the control character U+{ord(char):04X} at position {n + 1}; "
-                "a label must be plain text on one line"
+                f"{what} contains the control character U+{ord(char):04X} at position {n + 1}; "
+                f"a {what} must be plain text on one line"
             )
     return label
 
 
-def _new_order(order_id: str, send_at: datetime, label: str | None, now: datetime) -> Order:
+def os_user() -> str:
+    """Who runs this process, as the OS knows them ("unknown" when it cannot tell)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry (containers)
+        return "unknown"
+
+
+def _new_order(
+    order_id: str, send_at: datetime, label: str | None, now: datetime, reason: str
+) -> Order:
     """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
     return Order(
         order_id=order_id,
         send_at=send_at,
         state=OrderState.SCHEDULED,
         label=label,
-        reason=_REGISTERED,
+        reason=reason,
         cancel_requested_at=None,
         cancel_attempts=0,
         check_attempts=0,
@@ -210,8 +232,18 @@ class Ledger:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, order_id: str, send_at: datetime, label: str | None = None) -> Order:
-        """Record a scheduled order; registering the same id and time again changes nothing."""
+    def register(
+        self,
+        order_id: str,
+        send_at: datetime,
+        label: str | None = None,
+        *,
+        reason: str = _REGISTERED,
+    ) -> Order:
+        """Record a scheduled order; registering the same id and time again changes nothing.
+
+        `reason` is the registration's history reason (reconcile's is "imported from provider").
+        """
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
@@ -223,12 +255,12 @@ class Ledger:
                     raise RegistrationConflict(oid, existing.send_at, when)
                 return existing, False
             self._refuse_past([(oid, when)], now)
-            self.store.insert_new(conn, [(oid, when, label)], now, _REGISTERED)
-            return _new_order(oid, when, label, now), True
+            self.store.insert_new(conn, [(oid, when, label)], now, reason)
+            return _new_order(oid, when, label, now, reason), True
 
         order, is_new = self._register_retrying(decide)
         if is_new:
-            self.store.log_registered([oid], _REGISTERED)
+            self.store.log_registered([oid], reason)
         return order
 
     def register_many(
@@ -363,6 +395,51 @@ class Ledger:
             details={"seconds_left": round(order.seconds_left(now), 3)},
             values={"cancel_requested_at": now},
         )
+
+    # -- settling by hand ----------------------------------------------------------------------
+
+    def resolve(
+        self, order_id: str, to_state: OrderState | str, *, note: str, by: str | None = None
+    ) -> Order:
+        """Settle a `needs_attention` order by hand as `cancelled`, `too_late` or `not_found`.
+
+        A person looked (the provider's panel, the recipients) and says how it ended; the history
+        row keeps their `note` and name (`by`, default the OS user). Never calls the provider.
+        Raises `NotResolvable` (an `InvalidInput`) for an order in any other state,
+        `InvalidInput` for another target state or an empty note, `OrderNotFound`.
+        """
+        oid = check_order_id(order_id)
+        try:
+            target = OrderState(to_state)
+        except ValueError:
+            target = None
+        if target not in RESOLVABLE:
+            choices = ", ".join(sorted(s.value for s in RESOLVABLE))
+            raise InvalidInput(f"cannot resolve an order as {to_state!r}; choose {choices}")
+        assert target is not None
+        text = check_label(note, what="note", most=NOTE_MAX)
+        if text is None or not text.strip():
+            raise InvalidInput("a note is required: say what was checked and where")
+        who = check_label(os_user() if by is None else by, what="name", most=LABEL_MAX)
+        if who is None or not who.strip():
+            raise InvalidInput("the name of who resolves it must not be empty")
+        order = self.get(oid)
+        if order.state is not OrderState.NEEDS_ATTENTION:
+            raise NotResolvable(order)
+        result = self.store.transition(
+            oid,
+            OrderState.NEEDS_ATTENTION,
+            target,
+            now=self.now(),
+            reason=f"resolved by hand by {who.strip()}: {text.strip()}",
+            details={"note": text.strip(), "by": who.strip(), "by_person": True},
+            by_person=True,
+        )
+        if not result.applied:
+            assert result.order is not None
+            raise NotResolvable(result.order)
+        assert result.order is not None
+        return result.order
 
     # -- reads ---------------------------------------------------------------------------------
 

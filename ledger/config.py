@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "LedgerConfig",
     "LogConfig",
+    "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
@@ -94,6 +95,23 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
+
+    #: `smsledger reconcile` without --days reads orders created this many days back to today.
+    days: int = 10
+    #: The label of orders imported from the provider (scheduled in its panel or elsewhere).
+    import_label: str = "imported"
+    #: The daemon reconciles this often (one daemon per period); 0 turns it off.
+    every_seconds: float = 900.0
+    #: A dispatched order is read with get-report this long after its send time (and again
+    #: as often while the provider says 113, up to 24 h after it).
+    follow_up_seconds: float = 600.0
+    #: needs_attention orders are read again this often, up to 24 h after their send time.
+    recheck_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     path: str = "smsledger.log.jsonl"
     level: str = "info"
@@ -109,6 +127,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
     @property
@@ -146,6 +165,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "api": ApiConfig,
     "scheduler": SchedulerConfig,
     "log": LogConfig,
+    "reconcile": ReconcileConfig,
 }
 
 
@@ -296,9 +316,24 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(f"scheduler.cancel_settle_seconds{where} must not be negative")
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
+    _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
     if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"ledger.synchronous{where} must be OFF, NORMAL, FULL or EXTRA")
     if config.ledger.busy_timeout_seconds < 0:
         raise ConfigError(f"ledger.busy_timeout_seconds{where} must not be negative")
+
+
+def _check_reconcile(r: ReconcileConfig, where: str) -> None:
+    if r.days < 1:
+        raise ConfigError(f"reconcile.days{where} must be at least 1")
+    if not r.import_label.isprintable() or len(r.import_label) > 200:
+        raise ConfigError(
+            f"reconcile.import_label{where} must be printable text of at most 200 characters"
+        )
+    for name in ("every_seconds", "follow_up_seconds"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"reconcile.{name}{where} must not be negative")
+    if r.recheck_seconds <= 0:
+        raise ConfigError(f"reconcile.recheck_seconds{where} must be positive")

@@ -23,9 +23,11 @@ from sqlmodel import Field, SQLModel
 from ledger.states import OrderState
 
 __all__ = [
+    "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
+    "Delivery",
     "Event",
     "EventRow",
     "Order",
@@ -36,6 +38,8 @@ __all__ = [
 ORDER_ID_MAX = 64
 ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
+#: The orders' delivery counters, as the provider names them.
+DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -96,6 +100,12 @@ class OrderRow(_LedgerModel, table=True):
     claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    # The provider's delivery counters (get-report / get-reports), null until read (rev. 0004).
+    total: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    delivered: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    undelivered: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    waiting: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    delivery_checked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 class EventRow(_LedgerModel, table=True):
@@ -142,10 +152,40 @@ class Order:
     claim_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: The provider's delivery counters, None until read (see `Delivery`).
+    total: int | None = None
+    delivered: int | None = None
+    undelivered: int | None = None
+    waiting: int | None = None
+    delivery_checked_at: datetime | None = None
+
+    @property
+    def delivery(self) -> Delivery | None:
+        """The provider's delivery counters as last recorded, None when never read."""
+        if self.delivery_checked_at is None:
+            return None
+        return Delivery(
+            total=self.total,
+            delivered=self.delivered,
+            undelivered=self.undelivered,
+            waiting=self.waiting,
+            checked_at=self.delivery_checked_at,
+        )
 
     def seconds_left(self, now: datetime) -> float:
         """Seconds from `now` until dispatch; negative once the send time has passed."""
         return (self.send_at - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the provider reported of an order's messages, and when it was recorded."""
+
+    total: int | None
+    delivered: int | None
+    undelivered: int | None
+    waiting: int | None
+    checked_at: datetime
 
 
 @dataclass(frozen=True)

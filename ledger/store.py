@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 from ledger._urls import display_url
 from ledger.db import Database
 from ledger.errors import IllegalTransition, LedgerError
-from ledger.models import Event, EventRow, Order, OrderRow
+from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -213,6 +213,17 @@ class Store:
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
 
+    def registered_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Orders the ledger registered in [start, end), by registration time."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.created_at >= start)
+            .where(orders_t.c.created_at < end)
+            .order_by(orders_t.c.created_at, orders_t.c.order_id)
+        )
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
     def claimable(
         self, state: OrderState, now: datetime, *, limit: int, exclude: Sequence[str] = ()
     ) -> list[Order]:
@@ -396,6 +407,7 @@ class Store:
         increment: Sequence[str] = (),
         expect_owner: str | None = None,
         unexpired_at: datetime | None = None,
+        by_person: bool = False,
     ) -> TransitionResult:
         """Apply one legal state change as a guarded update plus its event, in one transaction.
 
@@ -403,10 +415,16 @@ class Store:
         `expect_owner`, still claimed by that owner; with `unexpired_at` too, a lease time, only
         while that claim has not expired then: a fenced write); when it does not match nothing is
         written and the result says so. Leaving for a final state releases any claim.
+        `by_person`: a person asked for it (`Ledger.resolve`), which `BY_PERSON_ONLY` needs.
         """
-        if not is_legal(from_state, to_state):
+        if not is_legal(from_state, to_state, by_person=by_person):
             raise IllegalTransition(
                 f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
+                + (
+                    " (only a person may take it)"
+                    if is_legal(from_state, to_state, by_person=True)
+                    else ""
+                )
             )
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
@@ -574,6 +592,34 @@ class Store:
         )
         with self.write() as conn:
             conn.execute(stmt)
+
+    def record_delivery(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        values: Mapping[str, Any],
+        now: datetime,
+    ) -> Order | None:
+        """Record what the provider reported (delivery counters, its code) on an order still in
+        `state`, without a state change and so without a history row; None when the state moved.
+
+        Only `DELIVERY_COLUMNS`, ``delivery_checked_at`` and ``last_provider_code`` may be set.
+        """
+        allowed = {*DELIVERY_COLUMNS, "delivery_checked_at", "last_provider_code"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"record_delivery cannot set {', '.join(sorted(unknown))}")
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .values(**values, updated_at=now)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
 
     def mark_warned(self, order_id: str, now: datetime) -> bool:
         """Record that the at-risk warning was given; True only for the first caller."""

@@ -59,6 +59,7 @@ from scheduler.cli.output import (
     say,
     say_error,
     status_lines,
+    table,
     to_json,
 )
 from scheduler.cli.parser import Parser
@@ -456,6 +457,56 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
+    from scheduler.reconciling import (  # noqa: PLC0415 -- loads only for `reconcile`
+        ReconcileIncomplete,
+        ReconcileReport,
+        last_days,
+        reconcile,
+    )
+
+    config = ctx.config
+    days = args.days if args.days is not None else config.reconcile.days
+    config.require_credentials()
+
+    def show(report: ReconcileReport) -> None:
+        if args.json:
+            say(to_json(report.to_json()))
+            return
+        counts = report.to_json()
+        width = max(len(name) for name in counts)
+        lines = [f"{name.ljust(width)}  {value}" for name, value in counts.items()]
+        if report.changes:
+            lines += ["", *table(("ORDER", "CHANGE"), report.changes)]
+        if report.dry_run:
+            lines.append("(dry run: nothing was written)")
+        say(lines)
+
+    with _open_ledger(ctx, must_exist=args.dry_run) as ledger, _client(config) as client:
+        since, until = last_days(days, ledger.now())
+        try:
+            report = reconcile(
+                ledger,
+                client,
+                since=since,
+                until=until,
+                dry_run=args.dry_run,
+                import_label=config.reconcile.import_label,
+            )
+        except ReconcileIncomplete as exc:
+            show(exc.report)
+            raise
+    show(report)
+    return EXIT_OK
+
+
+def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        order = ledger.resolve(args.order_id, args.to_state, note=args.note, by=args.by)
+        say(order_table([order], ctx.config.zone, ledger.now()))
+    return EXIT_OK
+
+
 def run_demo() -> int:
     """`smsledger demo`: takes no config; the demo writes its own."""
     from scheduler.cli.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
@@ -491,4 +542,6 @@ HANDLERS: dict[str, Handler] = {
     "run": _cmd_run,
     "check": _cmd_check,
     "migrate": _cmd_migrate,
+    "reconcile": _cmd_reconcile,
+    "resolve": _cmd_resolve,
 }

@@ -16,7 +16,7 @@ from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
 from scheduler.cli.logs import LEVELS
 from scheduler.cli.output import ERROR_PREFIX
 
-__all__ = ["EPILOG", "Parser", "build_parser", "seconds"]
+__all__ = ["EPILOG", "Parser", "build_parser", "positive_int", "seconds"]
 
 EPILOG = f"""\
 WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
@@ -34,6 +34,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{ERROR_PREFIX}{message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    """An option's whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -189,6 +200,45 @@ _COMMANDS: tuple[_Command, ...] = (
         "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"
         "starting daemons on several hosts. A ledger written by a newer smsledger is refused\n"
         "(exit 1).",
+    ),
+    _Command(
+        "reconcile",
+        "bring the ledger in line with the provider's order list (never cancels)",
+        "Reads every order the provider created in the last --days days (get-reports, confirmed\n"
+        "by get-report): imports future orders the ledger does not know (label\n"
+        "[reconcile] import_label), marks orders cancelled outside smsledger, records delivery\n"
+        "counters of past orders, warns about orders the provider does not list\n"
+        "(reconcile_missing) and send times that differ (send_time_mismatch). Running it again\n"
+        "changes nothing. A provider error ends it with exit 1, keeping what was done.",
+        (
+            _arg(
+                "--days",
+                type=positive_int,
+                metavar="N",
+                help="creation days to read, up to today (default [reconcile] days, 10)",
+            ),
+            _arg("--dry-run", action="store_true", help="only say what would change"),
+            _JSON_OBJECT,
+        ),
+    ),
+    _Command(
+        "resolve",
+        "settle a needs_attention order by hand (never calls the provider)",
+        "For an order a person has checked (the provider's panel, the recipients). Only a\n"
+        "needs_attention order can be resolved; any other is exit 2, naming its state. The\n"
+        "history keeps the note and who resolved it.",
+        (
+            _ORDER_ID,
+            _required(
+                "--as",
+                "STATE",
+                "how it ended: cancelled, too_late or not_found",
+                dest="to_state",
+                choices=("cancelled", "too_late", "not_found"),
+            ),
+            _required("--note", "TEXT", "what was checked, and where"),
+            _arg("--by", metavar="NAME", help="who resolves it (default: the OS user)"),
+        ),
     ),
 )
 
