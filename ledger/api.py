@@ -26,6 +26,7 @@ from ledger.errors import (
 from ledger.logsetup import configure_logging
 from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, Window
 from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
 from ledger.states import RESOLVABLE, OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
@@ -196,7 +197,7 @@ class Ledger:
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-        return cls(
+        ledger = cls(
             config.ledger.url,
             warn_before=config.windows.warn_before,
             refuse_before=config.windows.refuse_before,
@@ -205,6 +206,9 @@ class Ledger:
             clock=clock,
             must_exist=must_exist,
         )
+        if config.alerts.enabled:
+            ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
+        return ledger
 
     @property
     def warn_before(self) -> timedelta:

@@ -105,6 +105,12 @@ class Margins:
         if problem is not None:
             raise InvalidInput(problem)
 
+    def widened(self, by: timedelta) -> Margins:
+        """Both margins grown by `by` (the provider's clock skew: time we cannot trust)."""
+        if not by:
+            return self
+        return Margins(self.warn_before + by, self.refuse_before + by)
+
     def window(self, send_at: datetime, now: datetime) -> Window:
         """Where `send_at` stands seen from `now` (see `window`)."""
         return window(send_at, now, self.warn_before, self.refuse_before)

@@ -23,10 +23,14 @@ from sqlmodel import Field, SQLModel
 from ledger.states import OrderState
 
 __all__ = [
+    "ALERTS_TABLE",
+    "DAEMONS_TABLE",
     "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
+    "AlertRow",
+    "DaemonRow",
     "Delivery",
     "Event",
     "EventRow",
@@ -38,6 +42,8 @@ __all__ = [
 ORDER_ID_MAX = 64
 ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
+ALERTS_TABLE = "smsledger_alerts"
+DAEMONS_TABLE = "smsledger_daemons"
 #: The orders' delivery counters, as the provider names them.
 DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
 
@@ -132,6 +138,50 @@ class EventRow(_LedgerModel, table=True):
     to_state: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     details: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
+
+
+class AlertRow(_LedgerModel, table=True):
+    """One alert to deliver (a transactional outbox): written with what causes it, sent later.
+
+    `status` is ``pending`` until a receiver answered 2xx (``delivered``) or
+    `give_up_after_seconds` passed (``given_up``). Senders claim a row like an order
+    (`claim_owner`, `claim_expires_at`), so each alert is sent by one daemon at a time.
+    """
+
+    __tablename__ = ALERTS_TABLE
+    __table_args__ = (sa.Index(f"ix_{ALERTS_TABLE}_status_next_at", "status", "next_attempt_at"),)
+
+    alert_id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    event: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    order_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(ORDER_ID_MAX)))
+    state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    send_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    label: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+    text: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    next_attempt_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    claim_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class DaemonRow(_LedgerModel, table=True):
+    """One daemon's heartbeat: written every pass, read by `cancel`, `check` and `summary`."""
+
+    __tablename__ = DAEMONS_TABLE
+
+    owner: str = Field(sa_column=sa.Column(sa.String(128), primary_key=True))
+    host: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_pass_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 @dataclass(frozen=True)

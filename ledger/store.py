@@ -26,6 +26,7 @@ from ledger._urls import display_url
 from ledger.db import Database
 from ledger.errors import IllegalTransition, LedgerError
 from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
+from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -70,6 +71,15 @@ def _driver_rows(
 ) -> tuple[str, list[Any]]:
     sql, positional = _driver_insert(table, keys, dialect)
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+#: The log level of a change into a state a person should look at (others log at info).
+_LOUD = {
+    OrderState.NEEDS_ATTENTION: "error",
+    OrderState.TOO_LATE: "warning",
+    OrderState.CANCEL_REFUSED: "warning",
+    OrderState.NOT_FOUND: "warning",
+}
 
 
 class ConcurrentRegistration(LedgerError):
@@ -137,6 +147,8 @@ class Store:
                 url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
             )
         )
+        #: Which state changes write an alert in their own transaction (None: alerts are off).
+        self.alerts: AlertPolicy | None = None
 
     # -- the database (thin delegations: callers and tests open transactions through the store) -
 
@@ -461,6 +473,8 @@ class Store:
                 )
             )
             order = _order(row)
+            if self.alerts is not None:
+                self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
 
@@ -521,6 +535,8 @@ class Store:
                         for o in orders
                     ],
                 )
+                if self.alerts is not None:
+                    self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
         return orders
@@ -640,7 +656,9 @@ class Store:
         reason: str,
         details: Mapping[str, Any] | None,
     ) -> None:
-        log.info(
+        # Outcomes a person must look at are loud: `logs --level warning` finds every one.
+        level = _LOUD.get(to_state, "info")
+        getattr(log, level)(
             "order_state_changed",
             order_id=order_id,
             from_state=from_state.value if from_state else None,

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ledger.api import Ledger
-from ledger.margins import Window
+from ledger.margins import Margins, Window
 from ledger.models import Order
 from ledger.states import OrderState
 from scheduler.decisions import (
@@ -71,8 +71,14 @@ class CancelSequence:
         max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
         settle_seconds: float = SETTLE_SECONDS,
         lease_clock: Callable[[], datetime] | None = None,
+        widen: Callable[[], timedelta] | None = None,
+        notify: Callable[[str, str], object] | None = None,
     ) -> None:
+        """`widen` gives what both margins grow by now (the clock skew's size); `notify` is told
+        ("credentials_rejected", detail) when the provider rejects our credentials."""
         self._ledger = ledger
+        self._widen = widen or (lambda: timedelta(0))
+        self._notify = notify
         self._store = ledger.store
         self._client = client
         self._owner = owner
@@ -88,6 +94,11 @@ class CancelSequence:
         self._settle_period = timedelta(seconds=settle_seconds)
         # Claims are timed by the lease clock (the database's on PostgreSQL), never by `clock`.
         self._lease_clock = lease_clock or ledger.store.lease_now
+
+    @property
+    def _margins(self) -> Margins:
+        """The ledger's margins, widened by the provider's clock skew as it stands now."""
+        return self._ledger.margins.widened(self._widen())
 
     def run(self, order: Order) -> Order | None:
         """Work one order we hold the claim on; return it as it ends (None if left for later).
@@ -126,7 +137,7 @@ class CancelSequence:
             if job.refused_in_row:
                 # The last cancel was refused (503): pause before the next, as for a read.
                 delay = backoff_delay(job.refused_in_row - 1, cap=self._pause_cap(), rng=self._rng)
-                if not self._ledger.margins.retry_fits(self._clock(), delay, job.order.send_at):
+                if not self._margins.retry_fits(self._clock(), delay, job.order.send_at):
                     decision = margin_closed(job.cancel_sent)
                     break
                 self._check_stopping()
@@ -169,7 +180,7 @@ class CancelSequence:
         if not verify:
             return after_precheck(report)
         now = self._clock()
-        where = self._ledger.margins.window(job.order.send_at, now)
+        where = self._margins.window(job.order.send_at, now)
         settling = job.settle_until is not None and now < job.settle_until
         return after_verify(report, where, cancel_sent=job.cancel_sent, settling=settling)
 
@@ -183,7 +194,7 @@ class CancelSequence:
         now = self._clock()
         left = (job.settle_until - now).total_seconds()
         delay = settle_pause(job.settle_reads, left, cap=self._pause_cap(), rng=self._rng)
-        if not self._ledger.margins.retry_fits(now, delay, job.order.send_at):
+        if not self._margins.retry_fits(now, delay, job.order.send_at):
             return margin_closed(job.cancel_sent)
         self._check_stopping()
         job.settle_reads += 1
@@ -203,7 +214,7 @@ class CancelSequence:
         return min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
 
     def _window(self, job: _Job) -> Window:
-        return self._ledger.margins.window(job.order.send_at, self._clock())
+        return self._margins.window(job.order.send_at, self._clock())
 
     def _record_cancelling(self, job: _Job) -> bool:
         """Record `cancelling` (with the attempt) before the call; False if the claim is lost.
@@ -280,12 +291,14 @@ class CancelSequence:
                     return self._client.get_report(job.order.order_id)
             except ProviderAuthError as exc:
                 log.error("provider_credentials_rejected", detail=str(exc))
+                if self._notify is not None:
+                    self._notify("credentials_rejected", str(exc))
                 raise _Abandon("credentials rejected") from exc
             except ProviderError as exc:
                 delay = backoff_delay(failures, cap=self._pause_cap(), rng=self._rng)
                 failures += 1
                 why = f"{type(exc).__name__}: {exc}"
-                if not self._ledger.margins.retry_fits(self._clock(), delay, job.order.send_at):
+                if not self._margins.retry_fits(self._clock(), delay, job.order.send_at):
                     return unresolved(job.cancel_sent, why)
                 self._check_stopping()
                 log.info("provider_retry", failures=failures, delay_seconds=round(delay, 3))

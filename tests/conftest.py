@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from receiver import Receiver
 
 import ledger.logsetup
 from ledger import Ledger, Order
@@ -107,3 +108,11 @@ def make_sandbox(sandbox_options: dict[str, Any]) -> Iterator[Callable[..., Sand
 def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     """One sandbox with `sandbox_options` and no faults."""
     return make_sandbox()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free port (tests/receiver.py), closed after the test."""
+    made = Receiver()
+    yield made
+    made.close()

@@ -195,6 +195,18 @@ _COMMANDS: tuple[_Command, ...] = (
     ),
     _Command("check", "check the config, the ledger and the provider credentials"),
     _Command(
+        "alerts",
+        "list recent alerts and how their delivery stands, or send a test alert",
+        "'smsledger alerts test' sends one test alert to [alerts] webhook_url now and prints\n"
+        "the receiver's answer (exit 1 when it failed).",
+        (
+            _arg("action", nargs="?", choices=("test",), help="test: send a test alert now"),
+            _arg("--pending", action="store_true", help="only alerts not delivered yet"),
+            _arg("--limit", type=int, default=50, metavar="N", help="at most N (default 50)"),
+            _JSON_ARRAY,
+        ),
+    ),
+    _Command(
         "migrate",
         "upgrade the ledger's schema to this smsledger's revision",
         "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"

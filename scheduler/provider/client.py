@@ -75,6 +75,7 @@ __all__ = [
     "PROVIDER_ZONE",
     "ApiSettings",
     "Balance",
+    "CallObserved",
     "CancelAnswer",
     "IletiMerkeziClient",
     "ListedOrder",
@@ -312,6 +313,19 @@ class ApiSettings(Protocol):
     def timeout_seconds(self) -> float: ...
 
 
+@dataclass(frozen=True)
+class CallObserved:
+    """One provider call as an observer sees it: how long it took, how it ended, and the
+    answer's `Date` header with our clock's readings around the call (for the clock skew)."""
+
+    endpoint: str
+    outcome: str
+    seconds: float
+    sent_at: datetime
+    answered_at: datetime
+    date_header: str | None
+
+
 class IletiMerkeziClient:
     """A thread-safe client of the iletiMerkezi JSON API, without retries.
 
@@ -345,6 +359,7 @@ class IletiMerkeziClient:
         self._clock = clock
         self._deadline_seconds = float(timeout)
         self._monotonic = monotonic
+        self._observers: tuple[Callable[[CallObserved], object], ...] = ()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections),
@@ -487,11 +502,13 @@ class IletiMerkeziClient:
 
         `order` goes into the request as `section` (get-reports takes a `filter`)."""
         started = time.perf_counter()
+        sent_at = self._clock()
         deadline = _Deadline(self._monotonic() + self._deadline_seconds, self._monotonic)
         code: int | None = None
+        date: list[str] = []  # the answer's Date header, once one came
         try:
             http_status, raw = self._send(
-                endpoint, self._build_request(endpoint, order, section), deadline
+                endpoint, self._build_request(endpoint, order, section), deadline, date
             )
             code, message, body = self._read_envelope(endpoint, http_status, raw)
             result = interpret(code, message, body)
@@ -504,11 +521,39 @@ class IletiMerkeziClient:
                 order_id=order_id,
                 error=type(exc).__name__,
             )
+            self._observe(endpoint, _outcome(exc), started, sent_at, date)
             raise
         if isinstance(result, SendResult):
             order_id = result.order_id
         self._log(endpoint, started, code=code, outcome="ok", order_id=order_id)
+        self._observe(endpoint, "ok", started, sent_at, date)
         return result
+
+    def observe(self, observer: Callable[[CallObserved], object]) -> None:
+        """Have `observer` told about every call once it ended (metrics, clock skew).
+
+        Called on the calling thread; an observer that raises is logged and ignored.
+        """
+        self._observers = (*self._observers, observer)
+
+    def _observe(
+        self, endpoint: str, outcome: str, started: float, sent_at: datetime, date: list[str]
+    ) -> None:
+        if not self._observers:
+            return
+        seen = CallObserved(
+            endpoint=endpoint,
+            outcome=outcome,
+            seconds=time.perf_counter() - started,
+            sent_at=sent_at,
+            answered_at=self._clock(),
+            date_header=date[0] if date else None,
+        )
+        for observer in self._observers:
+            try:
+                observer(seen)
+            except Exception:  # an observer's bug must not fail a provider call
+                log.exception("provider_call_observer_failed", endpoint=endpoint)
 
     def _build_request(
         self, endpoint: str, order: Mapping[str, Any] | None, section: str = "order"
@@ -522,7 +567,7 @@ class IletiMerkeziClient:
         )
 
     def _send(
-        self, endpoint: str, request: httpx.Request, deadline: _Deadline
+        self, endpoint: str, request: httpx.Request, deadline: _Deadline, date: list[str]
     ) -> tuple[int, bytes]:
         """Send one request and read its answer by `deadline`; return its HTTP status and body.
 
@@ -536,6 +581,8 @@ class IletiMerkeziClient:
         token = _current_deadline.set(deadline)
         try:
             response = self._http.send(request, stream=True)
+            if "Date" in response.headers:
+                date.append(response.headers["Date"])
             try:
                 return response.status_code, self._read_answer(endpoint, response, deadline)
             finally:

@@ -493,6 +493,24 @@ def test_revision_0004_adds_null_delivery_counters_and_goes_down_again(
     assert versions(store) == [HEAD]
 
 
+def test_revision_0005_adds_the_alerts_and_daemons_tables_and_goes_down_without_them(
+    ledger_url: str, store: Store
+) -> None:
+    migrate(ledger_url)
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"smsledger_alerts", "smsledger_daemons"} <= tables
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0004")
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    migrate(ledger_url)
+
+    assert not {"smsledger_alerts", "smsledger_daemons"} & tables
+    assert versions(store) == [HEAD]
+
+
 # -- several processes at once -----------------------------------------------------------------
 
 _OPEN_ON_GO = """

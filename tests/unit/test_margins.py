@@ -73,3 +73,12 @@ def test_refusal_says_why_and_by_how_much(left: timedelta, reason: str) -> None:
     margins = Margins(WARN, REFUSE)
     assert margins.window(SEND_AT, SEND_AT - left) in (Window.REFUSE, Window.PAST)
     assert margins.refusal(SEND_AT, SEND_AT - left) == reason
+
+
+def test_widened_grows_both_margins_and_keeps_the_rule() -> None:
+    """The clock skew widens both margins alike, so refuse_before stays below warn_before."""
+    skew = timedelta(minutes=10)
+    margins = Margins(WARN, REFUSE)
+    assert margins.widened(timedelta(0)) is margins
+    assert margins.widened(skew) == Margins(WARN + skew, REFUSE + skew)
+    assert margins.widened(skew).window(SEND_AT, SEND_AT - timedelta(minutes=12)) is Window.REFUSE
