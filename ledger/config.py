@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger._urls import display_url
 from ledger.errors import ConfigError
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, margins_problem
 
 __all__ = [
     "ALERT_EVENTS",
@@ -62,8 +63,8 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    warn_before_seconds: float = 900.0
-    refuse_before_seconds: float = 300.0
+    warn_before_seconds: float = DEFAULT_WARN_BEFORE.total_seconds()
+    refuse_before_seconds: float = DEFAULT_REFUSE_BEFORE.total_seconds()
 
     @property
     def warn_before(self) -> timedelta:
@@ -72,6 +73,10 @@ class WindowsConfig:
     @property
     def refuse_before(self) -> timedelta:
         return timedelta(seconds=self.refuse_before_seconds)
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(self.warn_before, self.refuse_before)
 
 
 @dataclass(frozen=True)
@@ -371,13 +376,15 @@ def _check_type(
 
 def _check_values(config: Config, where: str) -> None:
     w = config.windows
-    if w.refuse_before_seconds < 0:
-        raise ConfigError(f"windows.refuse_before_seconds{where} must not be negative")
-    if w.refuse_before_seconds >= w.warn_before_seconds:
-        raise ConfigError(
-            f"windows.refuse_before_seconds ({w.refuse_before_seconds:g}){where} must be smaller "
-            f"than windows.warn_before_seconds ({w.warn_before_seconds:g})"
-        )
+    problem = margins_problem(
+        w.warn_before_seconds,
+        w.refuse_before_seconds,
+        names=("windows.warn_before_seconds", "windows.refuse_before_seconds"),
+        unit="",
+        where=where,
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     if config.api.timeout_seconds <= 0:
         raise ConfigError(f"api.timeout_seconds{where} must be positive")
     if not config.api.base_url.startswith(("http://", "https://")):

@@ -42,7 +42,7 @@ from ledger import (
 from ledger._urls import display_url
 from ledger.api import check_label
 from ledger.config import find_config_path, webhook_host
-from ledger.margins import Window, window
+from ledger.margins import Window
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -237,7 +237,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
             asked.append(order)
             now = ledger.now()
             under_way = order.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
+            where = ledger.margins.window(order.send_at, now)
             if under_way and where is Window.WARN:
                 print(
                     f"warning: order {escape(order.order_id)} dispatches "

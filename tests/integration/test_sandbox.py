@@ -68,9 +68,8 @@ def clock() -> MutableClock:
 
 
 @pytest.fixture
-def sandbox(clock: MutableClock) -> Iterator[Sandbox]:
-    with Sandbox(clock=clock, seed=7) as running:
-        yield running
+def sandbox_options(clock: MutableClock) -> dict[str, Any]:
+    return {"clock": clock, "seed": 7}
 
 
 @pytest.fixture
@@ -848,7 +847,7 @@ def test_the_new_faults_are_validated(kwargs: dict[str, Any]) -> None:
 def test_the_new_faults_travel_through_dicts_and_the_control_endpoint(
     http: httpx.Client, sandbox: Sandbox
 ) -> None:
-    fields = {
+    fields: dict[str, Any] = {
         "drip_rate": 0.1,
         "nested_rate": 0.2,
         "huge_rate": 0.3,
