@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from ledger.store import _datetime_to_db, orders_t
 
 ZONES = (UTC, timezone(timedelta(hours=3)), timezone(timedelta(hours=-9, minutes=-30)))
 
 
-@pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.psycopg.dialect()])
+@pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.psycopg.dialect()])  # type: ignore[no-untyped-call]
 @pytest.mark.parametrize(
     "when",
     [
@@ -23,7 +24,7 @@ ZONES = (UTC, timezone(timedelta(hours=3)), timezone(timedelta(hours=-9, minutes
     ]
     + [datetime(999, 12, 31, 23, 59, tzinfo=UTC)],
 )
-def test_bulk_conversion_matches_the_column_type(dialect: object, when: datetime) -> None:
+def test_bulk_conversion_matches_the_column_type(dialect: Dialect, when: datetime) -> None:
     own = orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect)
     expected = own(when) if own is not None else when
     assert _datetime_to_db(dialect)(when) == expected
