@@ -6,8 +6,8 @@ import getpass
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.engine import Connection
@@ -296,7 +296,9 @@ class Ledger:
         if not batch:
             return 0
 
-        def decide(conn: Connection, now: datetime) -> tuple[list[str], int]:
+        def decide(
+            conn: Connection, now: datetime
+        ) -> tuple[list[tuple[str, datetime, str | None]], int]:
             existing = self.store.existing_send_times(conn, list(batch))
             for oid, when in existing.items():
                 if batch[oid][1] != when:
@@ -304,12 +306,11 @@ class Ledger:
             new = [row for oid, row in batch.items() if oid not in existing]
             self._refuse_past([(oid, when) for oid, when, _ in new], now)
             self.store.insert_new(conn, new, now, _REGISTERED)
-            return [oid for oid, _when, _label in new], len(existing)
+            return new, len(existing)
 
-        new_ids, known = self._register_retrying(decide)
-        self.store.log_registered(new_ids, _REGISTERED)
-        log.info("orders_registered", count=len(new_ids), already_known=known)
-        return len(new_ids)
+        new, known = self._register_retrying(decide)
+        self._log_registered(new, known)
+        return len(new)
 
     def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
         """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
@@ -326,6 +327,24 @@ class Ledger:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_registered(new: Sequence[tuple[str, datetime, str | None]], known: int) -> None:
+        """One summary line per bulk call: a line per order cost more than the insert itself.
+
+        Each order's registration stays in its history (and `smsledger logs --order` reads it
+        from there).
+        """
+        fields: dict[str, Any] = {"count": len(new), "already_known": known}
+        if new:
+            labels = sorted({label or "" for _, _, label in new})
+            fields["label"] = labels[0] or None if len(labels) == 1 else None
+            if len(labels) > 1:
+                fields["labels"] = [label or None for label in labels]
+            times = [when for _, when, _ in new]
+            fields["first_send_at"] = min(times).astimezone(UTC).isoformat()
+            fields["last_send_at"] = max(times).astimezone(UTC).isoformat()
+        log.info("orders_registered", **fields)
 
     @staticmethod
     def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:

@@ -14,12 +14,13 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
 from ledger._urls import display_url
@@ -73,6 +74,41 @@ def _driver_rows(
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+#: Prefix of the bound parameters `_transition_update` sets columns from (a bound parameter may
+#: not take a column's own name in an UPDATE's SET clause).
+_SET = "_set_"
+_EVENT_INSERT = events_t.insert()
+
+
+@functools.cache
+def _transition_update(
+    keys: tuple[str, ...], increment: tuple[str, ...], owner: bool, unexpired: bool
+) -> sa.Update:
+    """The guarded UPDATE of `Store.transition` for one shape of change, built once.
+
+    Built per call, the statement's construction and cache key were a fifth of the daemon's CPU
+    per cancelled order; with bound parameters one object serves every order of a shape.
+    """
+    sets: dict[str, Any] = {
+        key: sa.bindparam(_SET + key, type_=orders_t.c[key].type) for key in keys
+    }
+    for column in increment:
+        sets[column] = orders_t.c[column] + 1
+    stmt = (
+        orders_t.update()
+        .where(orders_t.c.order_id == sa.bindparam("_order_id"))
+        .where(orders_t.c.state == sa.bindparam("_from_state"))
+        .values(sets)
+        .returning(*orders_t.c)
+    )
+    if owner:
+        stmt = stmt.where(orders_t.c.claim_owner == sa.bindparam("_owner"))
+    if unexpired:
+        expires = orders_t.c.claim_expires_at
+        stmt = stmt.where(expires > sa.bindparam("_unexpired_at", type_=expires.type))
+    return stmt
+
+
 #: The log level of a change into a state a person should look at (others log at info).
 _LOUD = {
     OrderState.NEEDS_ATTENTION: "error",
@@ -124,8 +160,29 @@ def _is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
 
 
 def _datetime_to_db(dialect: Dialect) -> Any:
-    """How this dialect stores a `UTCDateTime` (the column type's own conversion)."""
-    return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+    """How this dialect stores a `UTCDateTime` (the column type's own conversion).
+
+    On SQLite with its default storage format, one `isoformat` call writes the same text as the
+    type's chain of processors, at a third of the cost per row of a bulk registration.
+    """
+    impl = orders_t.c.send_at.type.dialect_impl(dialect)
+    if (
+        isinstance(impl, sa.types.TypeDecorator)
+        and getattr(impl.impl_instance, "_storage_format", None) == _SQLITE_DATETIME_FORMAT
+    ):
+        return _sqlite_stamp
+    return impl.bind_processor(dialect) or (lambda v: v)
+
+
+#: SQLite's default DATETIME storage format: what `_sqlite_stamp` writes.
+_SQLITE_DATETIME_FORMAT: str = sqlite_dialect.DATETIME._storage_format
+
+
+def _sqlite_stamp(value: datetime) -> str:
+    """An aware datetime as SQLite's DATETIME stores a `UTCDateTime`: naive UTC, microseconds."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime reached the ledger; convert at the boundary")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 class Store:
@@ -438,40 +495,36 @@ class Store:
                     else ""
                 )
             )
+        if unexpired_at is not None and expect_owner is None:
+            raise ValueError("unexpired_at fences a claim: it needs expect_owner")
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
             changes["claim_owner"] = None
             changes["claim_expires_at"] = None
         changes.update(values or {})
-        for column in increment:
-            changes[column] = orders_t.c[column] + 1
-        stmt = (
-            orders_t.update()
-            .where(orders_t.c.order_id == order_id)
-            .where(orders_t.c.state == from_state.value)
-            .values(**changes)
-            .returning(*orders_t.c)
+        stmt = _transition_update(
+            tuple(changes), tuple(increment), expect_owner is not None, unexpired_at is not None
         )
-        if expect_owner is not None:
-            stmt = stmt.where(orders_t.c.claim_owner == expect_owner)
-        if unexpired_at is not None:
-            if expect_owner is None:
-                raise ValueError("unexpired_at fences a claim: it needs expect_owner")
-            stmt = stmt.where(orders_t.c.claim_expires_at > unexpired_at)
+        params = {_SET + key: value for key, value in changes.items()}
+        params.update(
+            _order_id=order_id,
+            _from_state=from_state.value,
+            _owner=expect_owner,
+            _unexpired_at=unexpired_at,
+        )
+        event = {
+            "order_id": order_id,
+            "at": now,
+            "from_state": from_state.value,
+            "to_state": to_state.value,
+            "reason": reason,
+            "details": dict(details) if details else None,
+        }
         with self.write() as conn:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(stmt, params).mappings().first()
             if row is None:
                 return TransitionResult(applied=False, order=self.get(order_id, conn))
-            conn.execute(
-                events_t.insert().values(
-                    order_id=order_id,
-                    at=now,
-                    from_state=from_state.value,
-                    to_state=to_state.value,
-                    reason=reason,
-                    details=dict(details) if details else None,
-                )
-            )
+            conn.execute(_EVENT_INSERT, event)
             order = _order(row)
             if self.alerts is not None:
                 self.alerts.on_transition(conn, [order], to_state, reason, now)

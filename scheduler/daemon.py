@@ -705,6 +705,12 @@ class Daemon:
             log.exception("pass_crashed")
 
 
+def pool_size(max_concurrent_cancels: int) -> int:
+    """Connections the daemon's provider client keeps: each worker holds one at a time, and
+    every one stays open between calls (`connection_limits`)."""
+    return max(1, max_concurrent_cancels)
+
+
 def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
     """`smsledger run`: check the setup, then serve (or do one pass with `once`).
 
@@ -715,7 +721,7 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
     ledger = Ledger.from_config(config, setup_logging=False)
     client = IletiMerkeziClient.from_config(
-        config.api, max_connections=max(8, config.scheduler.max_concurrent_cancels * 2)
+        config.api, max_connections=pool_size(config.scheduler.max_concurrent_cancels)
     )
     daemon = Daemon(
         ledger,

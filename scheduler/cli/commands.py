@@ -27,6 +27,7 @@ from ledger import (
     CancelNotPossible,
     Config,
     ConfigError,
+    Event,
     InvalidInput,
     Ledger,
     LedgerError,
@@ -51,7 +52,14 @@ from scheduler.cli.exits import (
     UsageError,
     exit_code_for,
 )
-from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
+from scheduler.cli.logs import (
+    LEVELS,
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    with_registration,
+)
 from scheduler.cli.output import (
     escape,
     escape_json,
@@ -348,7 +356,7 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
         if not args.follow and not path.exists():
             print(f"smsledger: no log file at {path} yet: nothing has been logged", file=sys.stderr)
             return EXIT_OK
-        reader.show(tail.poll(), batch=True)
+        reader.show(_with_ledger_registration(ctx, args.order, tail.poll()), batch=True)
         if not args.follow:
             if not reader.shown and not args.json:
                 print(f"smsledger: no matching log events in {path}", file=sys.stderr)
@@ -363,6 +371,20 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
                 f"smsledger: skipped {reader.skipped} line(s) of {path} that are not JSON",
                 file=sys.stderr,
             )
+
+
+def _with_ledger_registration(ctx: Context, order_id: str | None, lines: list[str]) -> list[str]:
+    """For `logs --order`: the log's lines plus the order's registration from the ledger where
+    the log has none (`with_registration`); the lines alone without a ledger or such an order."""
+    if order_id is None:
+        return lines
+    try:
+        with _open_ledger(ctx, must_exist=True) as ledger:
+            events: list[Event] = ledger.history(order_id)
+    except LedgerError:
+        return lines
+    registration = next((e for e in events if e.from_state is None), None)
+    return lines if registration is None else with_registration(lines, registration)
 
 
 @dataclass

@@ -12,15 +12,24 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from ledger.models import Event
 from scheduler.cli.output import escape, pair
 from scheduler.cli.times import format_local
 
-__all__ = ["LEVELS", "LineFormatter", "LogFilter", "LogTail", "parse_record", "record_time"]
+__all__ = [
+    "LEVELS",
+    "LineFormatter",
+    "LogFilter",
+    "LogTail",
+    "parse_record",
+    "record_time",
+    "with_registration",
+]
 
 #: Severity order of the levels the log writer uses; a `--level` shows that level and above.
 LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -47,6 +56,46 @@ def record_time(record: Mapping[str, Any]) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None else None
+
+
+def with_registration(lines: list[str], registration: Event) -> list[str]:
+    """`lines` with the order's registration read from the ledger, where the log has no line.
+
+    `register_many` logs one `orders_registered` line per call, not one per order, so an order's
+    story in the log may start at its first change after registration. The ledger's history
+    holds that event; it is put in as the `order_state_changed` line `register` would have
+    written (marked ``"source": "ledger"``), before the first line logged after it.
+    """
+    order_id = registration.order_id
+    for line in lines:
+        record = parse_record(line)
+        if (
+            record is not None
+            and record.get("event") == "order_state_changed"
+            and str(record.get("order_id")) == order_id
+            and record.get("from_state") is None
+            and record.get("to_state") == registration.to_state.value
+        ):
+            return lines
+    at = registration.at.astimezone(UTC)
+    text = json.dumps(
+        {
+            "timestamp": at.isoformat().replace("+00:00", "Z"),
+            "level": "info",
+            "event": "order_state_changed",
+            "order_id": order_id,
+            "from_state": None,
+            "to_state": registration.to_state.value,
+            "reason": registration.reason,
+            "source": "ledger",
+        }
+    )
+    for n, line in enumerate(lines):
+        record = parse_record(line)
+        when = record_time(record) if record is not None else None
+        if when is not None and when > at:
+            return [*lines[:n], text, *lines[n:]]
+    return [*lines, text]
 
 
 @dataclass(frozen=True)

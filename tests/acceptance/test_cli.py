@@ -525,6 +525,23 @@ def test_logs_filters_alone_and_combined(logged: Path) -> None:
     assert results[0].out.splitlines() == [line for line in LOG_LINES if line.startswith("{")]
 
 
+def test_logs_order_shows_a_bulk_registration_from_the_ledger(work: Path, book: Ledger) -> None:
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    book.register_many([("501", send_at), ("502", send_at)], label="spring")
+    assert run(work, "cancel", "501").code == 0  # the command logs this change to log.jsonl
+
+    result = run(work, "logs", "--json", "--order", "501")
+
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert [(r["event"], r["from_state"], r["to_state"]) for r in records] == [
+        ("order_state_changed", None, "scheduled"),
+        ("order_state_changed", "scheduled", "cancel_requested"),
+    ]
+    assert records[0]["source"] == "ledger"
+    assert records[0]["reason"] == "registered"
+
+
 def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logged: Path) -> None:
     log = logged / "log.jsonl"
     lines: list[str] = []

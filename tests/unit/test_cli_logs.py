@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from scheduler.cli.logs import LineFormatter, LogFilter, LogTail, parse_record, record_time
+from ledger import Event, OrderState
+from scheduler.cli.logs import (
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    record_time,
+    with_registration,
+)
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 
@@ -136,3 +145,46 @@ def test_control_characters_in_any_field_are_escaped_and_keep_the_line_whole() -
     assert "evil\\x9b" in line
     assert "9\\x1b[2J" in line
     assert 'message="Üyelik\\nhatalı\\u202e"' in line
+
+
+def _registration(order_id: str, at: datetime) -> Event:
+    return Event(order_id, at, None, OrderState.SCHEDULED, "registered", {})
+
+
+def test_the_ledger_registration_goes_before_the_first_later_line() -> None:
+    lines = [
+        json.dumps(rec(timestamp="2026-11-28T09:00:00Z", event="orders_registered")),
+        json.dumps(rec(timestamp="2026-11-28T11:00:00Z", order_id="7", to_state="dispatched")),
+    ]
+
+    merged = with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+
+    assert merged[0] == lines[0] and merged[2] == lines[1]
+    added = parse_record(merged[1])
+    assert added == {
+        "timestamp": "2026-11-28T10:00:00Z",
+        "level": "info",
+        "event": "order_state_changed",
+        "order_id": "7",
+        "from_state": None,
+        "to_state": "scheduled",
+        "reason": "registered",
+        "source": "ledger",
+    }
+    assert record_time(added) == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    assert LogFilter(order="7", event="order_state_changed").matches(added)
+
+
+def test_a_registration_the_log_already_has_is_not_added_twice() -> None:
+    lines = [json.dumps(rec(order_id="7", from_state=None, to_state="scheduled"))]
+
+    assert with_registration(lines, _registration("7", datetime(2026, 11, 28, tzinfo=UTC))) == lines
+
+
+def test_a_registration_later_than_every_line_goes_last() -> None:
+    lines = ["not json", json.dumps(rec(timestamp="2026-11-28T09:00:00Z"))]
+
+    merged = with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+
+    assert merged[:2] == lines
+    assert parse_record(merged[2])["order_id"] == "7"  # type: ignore[index]
