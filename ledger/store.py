@@ -20,7 +20,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -215,6 +215,8 @@ class Store:
         self.url = url
         #: Which state changes write an alert in their own transaction (None: alerts are off).
         self.alerts: AlertPolicy | None = None
+        #: Called after each committed state change with (to_state, how many orders): metrics.
+        self.transition_observers: list[Callable[[OrderState, int], object]] = []
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
@@ -634,6 +636,7 @@ class Store:
             if self.alerts is not None:
                 self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
+        self._observe_transitions(to_state, 1)
         return TransitionResult(applied=True, order=order)
 
     def transition_due(
@@ -697,6 +700,8 @@ class Store:
                     self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
+        if orders:
+            self._observe_transitions(to_state, len(orders))
         return orders
 
     def claim(
@@ -805,6 +810,13 @@ class Store:
         )
         with self.write() as conn:
             return conn.execute(stmt).rowcount == 1
+
+    def _observe_transitions(self, to_state: OrderState, count: int) -> None:
+        for observer in self.transition_observers:
+            try:
+                observer(to_state, count)
+            except Exception:  # an observer's bug must not turn a committed change into an error
+                log.exception("transition_observer_failed")
 
     @staticmethod
     def _log_change(

@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger.config import AlertsConfig, SchedulerConfig
 from ledger.logsetup import configure_logging
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
@@ -184,6 +184,7 @@ class Daemon:
         if lease is None:
             lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
         self.ledger = ledger
+        self.client = client
         self.owner = owner or make_owner()
         _LIVE_OWNERS.add(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
@@ -219,6 +220,8 @@ class Daemon:
         self.last_pass_monotonic: float | None = None
         self.last_pass_at: datetime | None = None
         self._last_skew_log: float | None = None
+        #: Called with each finished pass's duration in seconds (metrics).
+        self.pass_observers: list[Callable[[float], object]] = []
         self._last_idle_log = time.monotonic()
         self._sender: AlertSender | None = None
         if alerts is not None and alerts.enabled:
@@ -297,7 +300,14 @@ class Daemon:
             finished, self._finished = self._finished, []
         return finished
 
+    @property
+    def cancels_in_flight(self) -> int:
+        """Cancel sequences this daemon runs or has claimed and queued now."""
+        with self._lock:
+            return len(self._inflight)
+
     def _pass(self) -> PassReport:
+        started = time.perf_counter()
         report = PassReport()
         if not self._ledger_file_intact():
             return report
@@ -331,6 +341,8 @@ class Daemon:
         self._heartbeat()
         if self._sender is not None:
             self._sender.wake()
+        for observer in self.pass_observers:
+            observer(time.perf_counter() - started)
         return report
 
     # -- operations: heartbeat, clock skew, alerts ------------------------------------------
@@ -701,11 +713,14 @@ class Daemon:
             log.exception("pass_crashed")
 
 
-def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
+def run_daemon(
+    config: Config, *, once: bool = False, owner: str | None = None, metrics: str | None = None
+) -> int:
     """`smsledger run`: check the setup, then serve (or do one pass with `once`).
 
     `owner` replaces the claim owner id (`make_owner`), for tests that stand for daemons on
-    other hosts.
+    other hosts. `metrics` (HOST:PORT) replaces `[metrics] listen`: where /metrics, /healthz and
+    /readyz are served while the daemon serves (not with `once`).
     """
     config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
@@ -725,12 +740,30 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
+    server = None
     try:
         if once:
             report = daemon.run_once(config.scheduler.once_deadline_seconds)
             log.info("pass_once_done", **report.counts())
             return 1 if daemon.ledger_lost.is_set() else 0
+        listen = metrics if metrics is not None else config.metrics.listen
+        if listen:
+            server = _metrics_server(daemon, listen, config.scheduler.poll_seconds)
         return daemon.serve(config.scheduler.poll_seconds)
     finally:
+        if server is not None:
+            server.stop()
         client.close()
         ledger.close()
+
+
+def _metrics_server(daemon: Daemon, listen: str, poll_seconds: float) -> Any:
+    """Start the /metrics, /healthz, /readyz server (prometheus_client loads only here)."""
+    from scheduler.metrics import DaemonMetrics, MetricsServer  # noqa: PLC0415
+
+    try:
+        return MetricsServer(DaemonMetrics(daemon), listen, poll_seconds).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.listen {listen}: cannot listen: {exc.strerror or exc}"
+        ) from None

@@ -577,7 +577,7 @@ def _alerts_test(ctx: Context) -> int:
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.daemon import run_daemon  # noqa: PLC0415 -- the daemon loads only for `run`
 
-    return run_daemon(ctx.config, once=args.once)
+    return run_daemon(ctx.config, once=args.once, metrics=args.metrics)
 
 
 def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
