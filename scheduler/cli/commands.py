@@ -642,6 +642,18 @@ def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    from ledger.backup import backup  # noqa: PLC0415 -- loads only for `backup`
+
+    done = backup(ctx.config.ledger.url, args.path)
+    revision = done.revision or "unknown"
+    say(
+        f"ledger {done.source} backed up to {done.dest}: {done.orders} orders, "
+        f"schema revision {revision}, {done.size_bytes} bytes"
+    )
+    return EXIT_OK
+
+
 def run_demo() -> int:
     """`smsledger demo`: takes no config; the demo writes its own."""
     from scheduler.cli.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
@@ -680,4 +692,5 @@ HANDLERS: dict[str, Handler] = {
     "alerts": _cmd_alerts,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
+    "backup": _cmd_backup,
 }

@@ -252,6 +252,14 @@ _COMMANDS: tuple[_Command, ...] = (
         ),
     ),
     _Command(
+        "backup",
+        "copy a SQLite ledger consistently, also while daemons run",
+        "Uses SQLite's online backup API (copying the .db file alone is unsafe in WAL mode):\n"
+        "the copy is one snapshot, checked, then renamed to PATH, which must not exist. For a\n"
+        "PostgreSQL ledger use pg_dump (exit 2 says how).",
+        (_arg("path", metavar="PATH", help="the new file"),),
+    ),
+    _Command(
         "resolve",
         "settle a needs_attention order by hand (never calls the provider)",
         "For an order a person has checked (the provider's panel, the recipients). Only a\n"
