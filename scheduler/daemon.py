@@ -45,7 +45,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger.config import AlertsConfig, SchedulerConfig
-from ledger.logsetup import configure_logging
+from ledger.logsetup import configure_logging, reopen_log_files
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
@@ -642,6 +642,8 @@ class Daemon:
     def serve(self, poll_seconds: float, *, stop: threading.Event | None = None) -> int:
         """Run passes every `poll_seconds` until SIGTERM or SIGINT (or `stop` is set).
 
+        SIGHUP reopens the log file (after logrotate moved it).
+
         Returns the exit status: 0, or 1 when the ledger file was removed or replaced. Signal
         handlers are installed only on the main thread (tests serve on another one).
         """
@@ -651,11 +653,15 @@ class Daemon:
             log.info("daemon_stopping", signal=signal.Signals(signum).name)
             stop.set()
 
+        def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            log.info("log_reopened", paths=reopen_log_files())
+
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {
                 sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
             }
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self._safe_pass,

@@ -428,6 +428,9 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     problem = config.credentials_problem()
     if problem is not None:
         fail("provider", EXIT_USAGE, problem)
+    elif args.offline:
+        lines.append(("provider", "skip", f"--offline: credentials set, {config.api.base_url} "
+                      "not called"))  # fmt: skip
     else:
         skew = SkewEstimator()
         try:

@@ -211,7 +211,13 @@ _COMMANDS: tuple[_Command, ...] = (
             ),
         ),
     ),
-    _Command("check", "check the config, the ledger and the provider credentials"),
+    _Command(
+        "check",
+        "check the config, the ledger and the provider credentials",
+        "--offline makes no provider call (credentials are only checked to be set): for a\n"
+        "service manager's start check, which a provider outage must not fail.",
+        (_arg("--offline", action="store_true", help="do not call the provider"),),
+    ),
     _Command(
         "alerts",
         "list recent alerts and how their delivery stands, or send a test alert",
