@@ -7,8 +7,10 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
+from sqlalchemy.engine import Connection
 
 from ledger._clock import ensure_aware, utcnow
 from ledger.config import Config, find_config_path, load_config
@@ -22,7 +24,7 @@ from ledger.errors import (
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
-from ledger.margins import Window, window
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, Window
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
@@ -48,6 +50,9 @@ NOTE_MAX = 1000
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
+#: The reason recorded for a new order.
+_REGISTERED = "registered"
+_T = TypeVar("_T")
 #: Asking again for a cancel that is already under way (or done) changes nothing.
 _ALREADY_CANCELLING = frozenset(
     {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
@@ -107,6 +112,28 @@ def os_user() -> str:
         return "unknown"
 
 
+def _new_order(
+    order_id: str, send_at: datetime, label: str | None, now: datetime, reason: str
+) -> Order:
+    """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
+    return Order(
+        order_id=order_id,
+        send_at=send_at,
+        state=OrderState.SCHEDULED,
+        label=label,
+        reason=reason,
+        cancel_requested_at=None,
+        cancel_attempts=0,
+        check_attempts=0,
+        last_provider_code=None,
+        warned_at=None,
+        claim_owner=None,
+        claim_expires_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 class Ledger:
     """The durable record of scheduled orders; safe to use from several processes at once.
 
@@ -126,23 +153,15 @@ class Ledger:
         self,
         url: str = "sqlite:///smsledger.db",
         *,
-        warn_before: timedelta = timedelta(minutes=15),
-        refuse_before: timedelta = timedelta(minutes=5),
+        warn_before: timedelta = DEFAULT_WARN_BEFORE,
+        refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
         must_exist: bool = False,
     ) -> None:
-        if refuse_before < timedelta(0):
-            raise InvalidInput("refuse_before must not be negative")
-        if refuse_before >= warn_before:
-            raise InvalidInput(
-                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
-                f"warn_before ({warn_before.total_seconds():g} s)"
-            )
-        self.warn_before = warn_before
-        self.refuse_before = refuse_before
+        self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
         self.store = Store(
             url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
@@ -191,6 +210,14 @@ class Ledger:
             ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
         return ledger
 
+    @property
+    def warn_before(self) -> timedelta:
+        return self.margins.warn_before
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return self.margins.refuse_before
+
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
         return self._clock()
@@ -215,7 +242,7 @@ class Ledger:
         send_at: datetime,
         label: str | None = None,
         *,
-        reason: str = "registered",
+        reason: str = _REGISTERED,
     ) -> Order:
         """Record a scheduled order; registering the same id and time again changes nothing.
 
@@ -224,41 +251,21 @@ class Ledger:
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
-        for attempt in range(_REGISTER_TRIES):
-            now = self.now()
-            try:
-                with self.store.write() as conn:
-                    existing = self.store.get(oid, conn)
-                    if existing is not None:
-                        if existing.send_at != when:
-                            raise RegistrationConflict(oid, existing.send_at, when)
-                        return existing
-                    self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, reason)
-                    order = Order(
-                        order_id=oid,
-                        send_at=when,
-                        state=OrderState.SCHEDULED,
-                        label=label,
-                        reason=reason,
-                        cancel_requested_at=None,
-                        cancel_attempts=0,
-                        check_attempts=0,
-                        last_provider_code=None,
-                        warned_at=None,
-                        claim_owner=None,
-                        claim_expires_at=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-            except ConcurrentRegistration:
-                if attempt + 1 == _REGISTER_TRIES:
-                    raise
-                continue  # the other process's row is committed now: decide again on it
-            assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, reason, None)
-            return order
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def decide(conn: Connection, now: datetime) -> tuple[Order, bool]:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing, False
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, reason)
+            return _new_order(oid, when, label, now, reason), True
+
+        order, is_new = self._register_retrying(decide)
+        if is_new:
+            self.store.log_registered([oid], reason)
+        return order
 
     def register_many(
         self,
@@ -288,25 +295,36 @@ class Ledger:
             batch[oid] = (oid, when, item_label)
         if not batch:
             return 0
+
+        def decide(conn: Connection, now: datetime) -> tuple[list[str], int]:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, _REGISTERED)
+            return [oid for oid, _when, _label in new], len(existing)
+
+        new_ids, known = self._register_retrying(decide)
+        self.store.log_registered(new_ids, _REGISTERED)
+        log.info("orders_registered", count=len(new_ids), already_known=known)
+        return len(new_ids)
+
+    def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
+        """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
+
+        A registration that lost a race to another process (PostgreSQL only) is rolled back; the
+        other process's rows are committed by then, so deciding again sees them.
+        """
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
                 with self.store.write() as conn:
-                    existing = self.store.existing_send_times(conn, list(batch))
-                    for oid, when in existing.items():
-                        if batch[oid][1] != when:
-                            raise RegistrationConflict(oid, when, batch[oid][1])
-                    new = [row for oid, row in batch.items() if oid not in existing]
-                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
-                    self.store.insert_new(conn, new, now, "registered")
+                    return decide(conn, now)
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
-                continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
-            return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -343,9 +361,9 @@ class Ledger:
                 raise CancelRefused(order, left)
             if order.state is not OrderState.SCHEDULED:
                 raise CancelNotPossible(order)  # too_late / not_found / needs_attention
-            where = window(order.send_at, now, self.warn_before, self.refuse_before)
+            where = self.margins.window(order.send_at, now)
             if where in (Window.REFUSE, Window.PAST):
-                result = self._refuse(order, now, where)
+                result = self._refuse(order, now)
                 if result.applied and result.order is not None:
                     raise CancelRefused(result.order, left)
                 continue
@@ -371,22 +389,14 @@ class Ledger:
             return result.order
         raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
 
-    def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
-        left = order.seconds_left(now)
-        if where is Window.PAST:
-            reason = f"send time passed {abs(left):.0f} s ago"
-        else:
-            reason = (
-                f"inside the refuse margin: {left:.0f} s before dispatch "
-                f"(refuse_before is {self.refuse_before.total_seconds():g} s)"
-            )
+    def _refuse(self, order: Order, now: datetime) -> TransitionResult:
         return self.store.transition(
             order.order_id,
             OrderState.SCHEDULED,
             OrderState.CANCEL_REFUSED,
             now=now,
-            reason=reason,
-            details={"seconds_left": round(left, 3)},
+            reason=self.margins.refusal(order.send_at, now),
+            details={"seconds_left": round(order.seconds_left(now), 3)},
             values={"cancel_requested_at": now},
         )
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -42,7 +42,7 @@ from ledger import (
 from ledger._urls import display_url
 from ledger.api import check_label
 from ledger.config import find_config_path, webhook_host
-from ledger.margins import Window, window
+from ledger.margins import Window
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -57,6 +57,7 @@ from scheduler.cli.output import (
     escape_json,
     event_json,
     history_table,
+    margins_lines,
     order_json,
     order_table,
     say,
@@ -236,7 +237,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
             asked.append(order)
             now = ledger.now()
             under_way = order.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
+            where = ledger.margins.window(order.send_at, now)
             if under_way and where is Window.WARN:
                 print(
                     f"warning: order {escape(order.order_id)} dispatches "
@@ -595,6 +596,29 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
+
+
 def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.reconciling import (  # noqa: PLC0415 -- loads only for `reconcile`
         ReconcileIncomplete,
@@ -693,6 +717,7 @@ HANDLERS: dict[str, Handler] = {
     "check": _cmd_check,
     "migrate": _cmd_migrate,
     "alerts": _cmd_alerts,
+    "margins": _cmd_margins,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
     "backup": _cmd_backup,

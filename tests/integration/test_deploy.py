@@ -20,6 +20,7 @@ from ledger import Ledger, OrderState, load_config
 from ledger.config import parse_listen
 from scheduler.daemon import Daemon
 from scheduler.metrics import DaemonMetrics
+from scheduler.provider.client import IletiMerkeziClient
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -146,10 +147,12 @@ def test_logrotate_reads_the_snippet_and_it_names_the_configs_log(tmp_path: Path
     assert "error" not in done.stderr.lower(), done.stderr
 
 
-def test_the_alert_rules_name_only_series_the_daemon_exports(tmp_ledger: Ledger) -> None:
+def test_the_alert_rules_name_only_series_the_daemon_exports(
+    tmp_ledger: Ledger, client: IletiMerkeziClient
+) -> None:
     rules = (DEPLOY / "prometheus-rules.yml").read_text()
     names = set(re.findall(r"\bsmsledger_[a-z_]+\b", rules))
-    daemon = Daemon(tmp_ledger, client=object())  # type: ignore[arg-type]
+    daemon = Daemon(tmp_ledger, client)
     daemon.run_pass()
     daemon.skew._samples.append(0.0)  # as after one provider answer
     exposition = DaemonMetrics(daemon).exposition().decode()

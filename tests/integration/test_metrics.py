@@ -173,9 +173,11 @@ def test_healthz_turns_503_when_passes_stop(
     assert again.status_code == 200
 
 
-def test_healthz_without_any_pass_fails_after_the_limit(tick: Tick, tmp_ledger: Ledger) -> None:
+def test_healthz_without_any_pass_fails_after_the_limit(
+    tick: Tick, tmp_ledger: Ledger, client: IletiMerkeziClient
+) -> None:
     """The health function itself: the start stands in for a pass until the first one."""
-    daemon = Daemon(tmp_ledger, client=object())  # type: ignore[arg-type]
+    daemon = Daemon(tmp_ledger, client)
     since = tick()
     assert health(daemon, POLL, since=since, monotonic=tick).ok
     tick.value += LIMIT + 0.5
