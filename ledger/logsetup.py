@@ -20,7 +20,13 @@ import structlog
 
 from ledger.config import LogConfig
 
-__all__ = ["SecretRedactor", "configure_logging", "log_write_failures", "redactor"]
+__all__ = [
+    "SecretRedactor",
+    "configure_logging",
+    "log_write_failures",
+    "redactor",
+    "reopen_log_files",
+]
 
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = frozenset({"key", "hash", "api_key", "api_hash", "authentication", "password"})
@@ -160,6 +166,28 @@ class _StreamLogger:
 
 
 _open_fds: dict[str, int] = {}
+
+
+def reopen_log_files() -> list[str]:
+    """Reopen every log file this process writes (after logrotate moved it: SIGHUP).
+
+    The new file takes the old descriptor's number (`dup2`), so a line being written goes whole
+    to one file or the other and none is lost. Returns the paths reopened.
+    """
+    reopened = []
+    for path, fd in list(_open_fds.items()):
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            new = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            _write_failed(path, exc)
+            continue
+        try:
+            os.dup2(new, fd)
+        finally:
+            os.close(new)
+        reopened.append(path)
+    return reopened
 
 
 def configure_logging(

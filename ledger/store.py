@@ -11,7 +11,7 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -206,6 +206,8 @@ class Store:
         )
         #: Which state changes write an alert in their own transaction (None: alerts are off).
         self.alerts: AlertPolicy | None = None
+        #: Called after each committed state change with (to_state, how many orders): metrics.
+        self.transition_observers: list[Callable[[OrderState, int], object]] = []
 
     # -- the database (thin delegations: callers and tests open transactions through the store) -
 
@@ -529,6 +531,7 @@ class Store:
             if self.alerts is not None:
                 self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
+        self._observe_transitions(to_state, 1)
         return TransitionResult(applied=True, order=order)
 
     def transition_due(
@@ -592,6 +595,8 @@ class Store:
                     self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
+        if orders:
+            self._observe_transitions(to_state, len(orders))
         return orders
 
     def claim(
@@ -700,6 +705,13 @@ class Store:
         )
         with self.write() as conn:
             return conn.execute(stmt).rowcount == 1
+
+    def _observe_transitions(self, to_state: OrderState, count: int) -> None:
+        for observer in self.transition_observers:
+            try:
+                observer(to_state, count)
+            except Exception:  # an observer's bug must not turn a committed change into an error
+                log.exception("transition_observer_failed")
 
     @staticmethod
     def _log_change(

@@ -44,9 +44,9 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger.config import AlertsConfig, SchedulerConfig
-from ledger.logsetup import configure_logging
+from ledger.logsetup import configure_logging, reopen_log_files
 from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
@@ -157,6 +157,7 @@ class Daemon:
         if lease is None:
             lease = lease_for(client.call_deadline)
         self.ledger = ledger
+        self.client = client
         self.owner = owner or make_owner()
         note_live_owner(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
@@ -192,6 +193,8 @@ class Daemon:
         self.last_pass_monotonic: float | None = None
         self.last_pass_at: datetime | None = None
         self._last_skew_log: float | None = None
+        #: Called with each finished pass's duration in seconds (metrics).
+        self.pass_observers: list[Callable[[float], object]] = []
         self._last_idle_log = time.monotonic()
         self._sender: AlertSender | None = None
         if alerts is not None and alerts.enabled:
@@ -281,7 +284,14 @@ class Daemon:
             finished, self._finished = self._finished, []
         return finished
 
+    @property
+    def cancels_in_flight(self) -> int:
+        """Cancel sequences this daemon runs or has claimed and queued now."""
+        with self._lock:
+            return len(self._inflight)
+
     def _pass(self) -> PassReport:
+        started = time.perf_counter()
         report = PassReport()
         if not self._ledger_file_intact():
             return report
@@ -316,6 +326,8 @@ class Daemon:
         self._heartbeat()
         if self._sender is not None:
             self._sender.wake()
+        for observer in self.pass_observers:
+            observer(time.perf_counter() - started)
         return report
 
     # -- operations: heartbeat, clock skew, alerts ------------------------------------------
@@ -634,6 +646,8 @@ class Daemon:
     def serve(self, poll_seconds: float, *, stop: threading.Event | None = None) -> int:
         """Run passes every `poll_seconds` until SIGTERM or SIGINT (or `stop` is set).
 
+        SIGHUP reopens the log file (after logrotate moved it).
+
         Returns the exit status: 0, or 1 when the ledger file was removed or replaced. Signal
         handlers are installed only on the main thread (tests serve on another one).
         """
@@ -643,11 +657,15 @@ class Daemon:
             log.info("daemon_stopping", signal=signal.Signals(signum).name)
             stop.set()
 
+        def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            log.info("log_reopened", paths=reopen_log_files())
+
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {
                 sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
             }
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self._safe_pass,
@@ -706,16 +724,20 @@ class Daemon:
 
 
 def pool_size(max_concurrent_cancels: int) -> int:
-    """Connections the daemon's provider client keeps: each worker holds one at a time, and
+    """Connections the daemon's provider client keeps: each worker holds one at a time, plus one
+    each for the prober and the follow-up threads, so they never wait on a worker's connection;
     every one stays open between calls (`connection_limits`)."""
-    return max(1, max_concurrent_cancels)
+    return max(1, max_concurrent_cancels) + 2
 
 
-def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
+def run_daemon(
+    config: Config, *, once: bool = False, owner: str | None = None, metrics: str | None = None
+) -> int:
     """`smsledger run`: check the setup, then serve (or do one pass with `once`).
 
     `owner` replaces the claim owner id (`make_owner`), for tests that stand for daemons on
-    other hosts.
+    other hosts. `metrics` (HOST:PORT) replaces `[metrics] listen`: where /metrics, /healthz and
+    /readyz are served while the daemon serves (not with `once`).
     """
     config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
@@ -736,12 +758,30 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         max_probes_per_order=config.observe.max_probes_per_order,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
+    server = None
     try:
         if once:
             report = daemon.run_once(config.scheduler.once_deadline_seconds)
             log.info("pass_once_done", **report.counts())
             return 1 if daemon.ledger_lost.is_set() else 0
+        listen = metrics if metrics is not None else config.metrics.listen
+        if listen:
+            server = _metrics_server(daemon, listen, config.scheduler.poll_seconds)
         return daemon.serve(config.scheduler.poll_seconds)
     finally:
+        if server is not None:
+            server.stop()
         client.close()
         ledger.close()
+
+
+def _metrics_server(daemon: Daemon, listen: str, poll_seconds: float) -> Any:
+    """Start the /metrics, /healthz, /readyz server (prometheus_client loads only here)."""
+    from scheduler.metrics import DaemonMetrics, MetricsServer  # noqa: PLC0415
+
+    try:
+        return MetricsServer(DaemonMetrics(daemon), listen, poll_seconds).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.listen {listen}: cannot listen: {exc.strerror or exc}"
+        ) from None

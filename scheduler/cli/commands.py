@@ -451,6 +451,9 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     problem = config.credentials_problem()
     if problem is not None:
         fail("provider", EXIT_USAGE, problem)
+    elif args.offline:
+        lines.append(("provider", "skip", f"--offline: credentials set, {config.api.base_url} "
+                      "not called"))  # fmt: skip
     else:
         skew = SkewEstimator()
         try:
@@ -600,7 +603,7 @@ def _alerts_test(ctx: Context) -> int:
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.daemon import run_daemon  # noqa: PLC0415 -- the daemon loads only for `run`
 
-    return run_daemon(ctx.config, once=args.once)
+    return run_daemon(ctx.config, once=args.once, metrics=args.metrics)
 
 
 def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
@@ -688,6 +691,18 @@ def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    from ledger.backup import backup  # noqa: PLC0415 -- loads only for `backup`
+
+    done = backup(ctx.config.ledger.url, args.path)
+    revision = done.revision or "unknown"
+    say(
+        f"ledger {done.source} backed up to {done.dest}: {done.orders} orders, "
+        f"schema revision {revision}, {done.size_bytes} bytes"
+    )
+    return EXIT_OK
+
+
 def run_demo() -> int:
     """`smsledger demo`: takes no config; the demo writes its own."""
     from scheduler.cli.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
@@ -727,4 +742,5 @@ HANDLERS: dict[str, Handler] = {
     "margins": _cmd_margins,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
+    "backup": _cmd_backup,
 }

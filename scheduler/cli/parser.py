@@ -12,11 +12,20 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ledger import OrderState
+from ledger.config import parse_listen
 from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
 from scheduler.cli.logs import LEVELS
 from scheduler.cli.output import ERROR_PREFIX
 
-__all__ = ["EPILOG", "Parser", "build_parser", "days", "positive_int", "seconds"]
+__all__ = [
+    "EPILOG",
+    "Parser",
+    "build_parser",
+    "days",
+    "listen_address",
+    "positive_int",
+    "seconds",
+]
 
 EPILOG = f"""\
 WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
@@ -45,6 +54,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def listen_address(text: str) -> str:
+    """An option's HOST:PORT to listen on (`ledger.config.parse_listen`)."""
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def seconds(text: str) -> float:
@@ -202,9 +220,23 @@ _COMMANDS: tuple[_Command, ...] = (
     _Command(
         "run",
         "run the daemon that sends and verifies cancels",
-        args=(_arg("--once", action="store_true", help="do one pass and exit"),),
+        args=(
+            _arg("--once", action="store_true", help="do one pass and exit"),
+            _arg(
+                "--metrics",
+                type=listen_address,
+                metavar="HOST:PORT",
+                help="serve /metrics, /healthz and /readyz there (default [metrics] listen)",
+            ),
+        ),
     ),
-    _Command("check", "check the config, the ledger and the provider credentials"),
+    _Command(
+        "check",
+        "check the config, the ledger and the provider credentials",
+        "--offline makes no provider call (credentials are only checked to be set): for a\n"
+        "service manager's start check, which a provider outage must not fail.",
+        (_arg("--offline", action="store_true", help="do not call the provider"),),
+    ),
     _Command(
         "alerts",
         "list recent alerts and how their delivery stands, or send a test alert",
@@ -260,6 +292,14 @@ _COMMANDS: tuple[_Command, ...] = (
             _arg("--dry-run", action="store_true", help="only say what would change"),
             _JSON_OBJECT,
         ),
+    ),
+    _Command(
+        "backup",
+        "copy a SQLite ledger consistently, also while daemons run",
+        "Uses SQLite's online backup API (copying the .db file alone is unsafe in WAL mode):\n"
+        "the copy is one snapshot, checked, then renamed to PATH, which must not exist. For a\n"
+        "PostgreSQL ledger use pg_dump (exit 2 says how).",
+        (_arg("path", metavar="PATH", help="the new file"),),
     ),
     _Command(
         "resolve",
