@@ -6,6 +6,7 @@ Importing this package configures nothing (no logging, no database): see `Ledger
 
 from ledger._clock import utcnow
 from ledger.api import Ledger
+from ledger.cancels import CancelOutcome, CancelResult, CancelSummary
 from ledger.config import Config, load_config
 from ledger.errors import (
     CancelNotPossible,
@@ -31,7 +32,10 @@ __all__ = [
     "FINAL_STATES",
     "TRANSITIONS",
     "CancelNotPossible",
+    "CancelOutcome",
     "CancelRefused",
+    "CancelResult",
+    "CancelSummary",
     "Config",
     "ConfigError",
     "Event",

@@ -20,7 +20,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +39,7 @@ from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoL
 from ledger.models import Event, EventRow, Order, OrderRow
 from ledger.states import OrderState, is_legal
 
-__all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
+__all__ = ["Change", "ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -107,6 +107,17 @@ class TransitionResult:
 
     applied: bool
     order: Order | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change `Store.transition_batch` is to apply: a guarded update and its event."""
+
+    order_id: str
+    from_state: OrderState
+    to_state: OrderState
+    reason: str
+    details: Mapping[str, Any] | None = None
 
 
 def _order(row: RowMapping | Mapping[str, Any]) -> Order:
@@ -481,6 +492,16 @@ class Store:
             )
         return found
 
+    def orders_by_id(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The orders of these ids that exist, by id (a few IN lookups, not one per id)."""
+        found: dict[str, Order] = {}
+        with self.read() as conn:
+            for start in range(0, len(order_ids), _IN_CHUNK):
+                chunk = list(order_ids[start : start + _IN_CHUNK])
+                stmt = sa.select(orders_t).where(orders_t.c.order_id.in_(chunk))
+                found.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
+        return found
+
     # -- writes --------------------------------------------------------------------------------
 
     def insert_new(
@@ -604,6 +625,112 @@ class Store:
             order = _order(row)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
+
+    def transition_batch(
+        self,
+        decide: Callable[[list[Order]], Sequence[Change]],
+        *,
+        order_ids: Sequence[str] | None = None,
+        label_page: tuple[str, str] | None = None,
+        limit: int,
+        now: datetime,
+        values: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> list[Order]:
+        """Read a batch of orders, let `decide` say what changes, apply it: one transaction.
+
+        The batch is `order_ids` (at most `limit`), or the first `limit` orders with a label after
+        an order id (`label_page` = (label, after), by order id: a keyset page the label index
+        serves). The rows are locked while `decide` runs (SQLite's write lock; ``FOR UPDATE`` on
+        PostgreSQL), so no other process moves them between the decision and the guarded updates;
+        each change is still guarded (``WHERE state = :from``) and writes its history row in the
+        same transaction. `values` are set on every changed row. With `dry_run` the batch is only
+        read and `decide`'s changes are not applied. Returns the orders as read.
+        """
+        if (order_ids is None) == (label_page is None):
+            raise ValueError("transition_batch needs either order_ids or label_page")
+        stmt = sa.select(orders_t).order_by(orders_t.c.order_id)
+        if order_ids is not None:
+            if len(order_ids) > limit:
+                raise ValueError(f"{len(order_ids)} ids in one batch; at most {limit}")
+            stmt = stmt.where(orders_t.c.order_id.in_(list(order_ids)))
+        else:
+            assert label_page is not None
+            label, after = label_page
+            stmt = (
+                stmt.where(orders_t.c.label == label)
+                .where(orders_t.c.order_id > after)
+                .limit(limit)
+            )
+        if dry_run:
+            with self.read() as conn:
+                orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            decide(orders)
+            return orders
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        with self.write() as conn:
+            orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            changes = list(decide(orders))
+            self._apply_changes(conn, changes, now, values or {})
+        for change in changes:
+            self._log_change(
+                change.order_id, change.from_state, change.to_state, change.reason, change.details
+            )
+        return orders
+
+    @staticmethod
+    def _apply_changes(
+        conn: Connection, changes: Sequence[Change], now: datetime, values: Mapping[str, Any]
+    ) -> None:
+        """Guarded updates (one executemany per from/to pair) and their events, in `conn`."""
+        groups: dict[tuple[OrderState, OrderState], list[Change]] = {}
+        for change in changes:
+            if not is_legal(change.from_state, change.to_state):
+                raise IllegalTransition(
+                    f"order {change.order_id}: {change.from_state.value} -> "
+                    f"{change.to_state.value} is not legal"
+                )
+            groups.setdefault((change.from_state, change.to_state), []).append(change)
+        for (from_state, to_state), group in groups.items():
+            fields: dict[str, Any] = {
+                "state": to_state.value,
+                "reason": sa.bindparam("b_reason"),
+                "updated_at": now,
+            }
+            if to_state is not OrderState.CANCELLING:
+                fields["claim_owner"] = None
+                fields["claim_expires_at"] = None
+            fields.update(values)
+            stmt = (
+                orders_t.update()
+                .where(orders_t.c.order_id == sa.bindparam("b_order_id"))
+                .where(orders_t.c.state == from_state.value)
+                .values(**fields)
+            )
+            done = conn.execute(
+                stmt, [{"b_order_id": c.order_id, "b_reason": c.reason} for c in group]
+            ).rowcount
+            if done != len(group):  # the rows are locked: only a bug gets here
+                raise LedgerError(
+                    f"{len(group) - done} of {len(group)} orders left {from_state.value} during "
+                    "a batch that held their rows; nothing was written"
+                )
+        if changes:
+            conn.execute(
+                events_t.insert(),
+                [
+                    {
+                        "order_id": c.order_id,
+                        "at": now,
+                        "from_state": c.from_state.value,
+                        "to_state": c.to_state.value,
+                        "reason": c.reason,
+                        "details": dict(c.details) if c.details else None,
+                    }
+                    for c in changes
+                ],
+            )
 
     def transition_due(
         self,

@@ -14,16 +14,20 @@ import logging
 import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from ledger import (
     FINAL_STATES,
-    CancelNotPossible,
+    CancelOutcome,
+    CancelResult,
+    CancelSummary,
     Config,
     ConfigError,
     InvalidInput,
@@ -37,7 +41,8 @@ from ledger import (
     utcnow,
 )
 from ledger._urls import display_url
-from ledger.api import check_label
+from ledger.api import check_label, check_order_id
+from ledger.cancels import ON_TRACK, refusal
 from ledger.config import find_config_path
 from ledger.margins import Window, window
 from scheduler.cli.exits import (
@@ -50,6 +55,7 @@ from scheduler.cli.exits import (
 )
 from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
 from scheduler.cli.output import (
+    cancel_json,
     escape,
     escape_json,
     event_json,
@@ -59,10 +65,18 @@ from scheduler.cli.output import (
     say,
     say_error,
     status_lines,
+    table,
     to_json,
 )
 from scheduler.cli.parser import Parser
-from scheduler.cli.times import WhenError, format_countdown, format_utc, parse_since, parse_when
+from scheduler.cli.times import (
+    WhenError,
+    format_countdown,
+    format_local,
+    format_utc,
+    parse_since,
+    parse_when,
+)
 from scheduler.provider.client import IletiMerkeziClient
 from scheduler.provider.errors import (
     ProviderAuthError,
@@ -79,10 +93,8 @@ log = structlog.get_logger("smsledger.cli")
 #: How often `cancel --wait` and `logs --follow` look again, in seconds.
 POLL_SECONDS = 0.2
 
-#: States in which a cancel is accepted or done: `cancel` without --wait exits 0 on them.
-_CANCEL_ON_TRACK = frozenset(
-    {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
-)
+#: How many orders an error about many orders names before it counts the rest.
+_MAX_LISTED = 20
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -215,57 +227,148 @@ def _cmd_send(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
-    zone = ctx.config.zone
+    if bool(args.order_ids) == (args.label is not None):
+        raise UsageError("give ORDER_ID... or --label LABEL (one of them, not both)")
     code = EXIT_OK
+    ids: list[str] = []
+    invalid: list[str] = []
+    if args.label is not None:
+        try:
+            check_label(args.label)
+        except InvalidInput as exc:
+            raise UsageError(f"--label: {exc}") from None
+    for raw in args.order_ids:
+        try:
+            ids.append(check_order_id(raw))
+        except InvalidInput as exc:
+            say_error(str(exc))
+            invalid.append(raw)
+            code = EXIT_USAGE
     with _open_ledger(ctx, must_exist=True) as ledger:
-        asked: list[Order] = []
-        for order_id in args.order_ids:
-            try:
-                order = ledger.request_cancel(order_id)
-            except (CancelNotPossible, OrderNotFound, InvalidInput) as exc:
-                say_error(str(exc))
-                code = max(code, exit_code_for(exc) or EXIT_FAILED)
-                if isinstance(exc, CancelNotPossible):
-                    asked.append(exc.order)
-                continue
-            asked.append(order)
-            now = ledger.now()
-            under_way = order.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
-            if under_way and where is Window.WARN:
-                print(
-                    f"warning: order {escape(order.order_id)} dispatches "
-                    f"{format_countdown(order.send_at, now)}; the cancel may come too late",
-                    file=sys.stderr,
-                )
-        if asked:
-            say(order_table(asked, zone, ledger.now()))
-        if args.wait is None:
-            if any(order.state not in _CANCEL_ON_TRACK for order in asked):
+        summary = ledger.request_cancel_many(
+            ids if args.label is None else None, label=args.label, dry_run=args.dry_run
+        )
+        results = list(summary.results)
+        code = max(code, _cancel_exit_code(summary))
+        if args.label is None and not args.json and not args.dry_run:
+            _report_cancels_by_id(ledger, results, ctx.config.zone)
+        elif not args.json:
+            say(_summary_lines(summary, args.label, ctx.config.zone))
+        if args.wait is not None and not args.dry_run:
+            results = _wait_final(ledger, results, args.wait)
+            if any(r.state is not OrderState.CANCELLED for r in results):
                 code = max(code, EXIT_FAILED)
-            return code
-        final = _wait_final(ledger, asked, args.wait)
-        if final:
-            say(["", *order_table(final, zone, ledger.now())])
-    for order in final:
-        if order.state not in FINAL_STATES:
-            say_error(
-                f"order {order.order_id} is still {order.state.value} after {args.wait:g} s; "
-                "is the daemon (smsledger run) running?"
-            )
-    if any(order.state is not OrderState.CANCELLED for order in final):
-        code = max(code, EXIT_FAILED)
+            if not args.json:
+                _report_waited(ledger, results, args, ctx.config.zone)
+    if args.json:
+        unknown = [CancelResult(oid, CancelOutcome.UNKNOWN, None, None) for oid in invalid]
+        say(to_json(cancel_json(CancelSummary.of([*unknown, *results], dry_run=args.dry_run))))
     return code
 
 
-def _wait_final(ledger: Ledger, orders: list[Order], seconds: float) -> list[Order]:
-    """Re-read `orders` every POLL_SECONDS until all are final or `seconds` have passed."""
+def _cancel_exit_code(summary: CancelSummary) -> int:
+    """2 for ids not in the ledger, else 1 when any order is refused or past cancelling."""
+    if summary.unknown:
+        return EXIT_USAGE
+    if any(r.outcome not in ON_TRACK for r in summary.results):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _report_cancels_by_id(ledger: Ledger, results: list[CancelResult], zone: ZoneInfo) -> None:
+    """Today's output of ``cancel ID...``: a warning or an error per order, then the table."""
+    orders = ledger.get_many(r.order_id for r in results if r.outcome is not CancelOutcome.UNKNOWN)
+    now = ledger.now()
+    shown: list[Order] = []
+    for result in results:
+        order = orders.get(result.order_id)
+        if order is None:
+            say_error(str(OrderNotFound(result.order_id)))
+            continue
+        shown.append(order)
+        error = refusal(order, result.outcome, order.seconds_left(now))
+        if error is not None:
+            say_error(str(error))
+        elif result.outcome is CancelOutcome.WARNED:
+            _warn_close(order, now)
+        elif order.state is not OrderState.CANCELLED:  # asked again: still say it is close
+            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
+            if where is Window.WARN:
+                _warn_close(order, now)
+    if shown:
+        say(order_table(shown, zone, now))
+
+
+def _warn_close(order: Order, now: datetime) -> None:
+    print(
+        f"warning: order {escape(order.order_id)} dispatches "
+        f"{format_countdown(order.send_at, now)}; the cancel may come too late",
+        file=sys.stderr,
+    )
+
+
+def _summary_lines(summary: CancelSummary, label: str | None, zone: ZoneInfo) -> list[str]:
+    """The count of each outcome, for a cancel by label or a dry run."""
+    what = f"label {label}" if label is not None else "the given ids"
+    head = f"{len(summary)} order(s) with {what}"
+    if summary.dry_run:
+        head = f"dry run, nothing written: {head} would come to"
+    explained = {
+        CancelOutcome.REQUESTED: "now cancel_requested",
+        CancelOutcome.WARNED: "now cancel_requested, inside the warn margin: may come too late",
+        CancelOutcome.REFUSED: "inside the refuse margin or past their send time: will go out",
+        CancelOutcome.ALREADY: "already cancel_requested, cancelling or cancelled",
+        CancelOutcome.FINAL: "already in another final state (too late, dispatched, ...)",
+        CancelOutcome.UNKNOWN: "not in the ledger",
+    }
+    rows = [
+        (outcome.value, str(count), explained[outcome])
+        for outcome, count in summary.counts.items()
+        if count or outcome is CancelOutcome.REQUESTED
+    ]
+    lines = [head, *table(("OUTCOME", "ORDERS", "MEANING"), rows)]
+    first = summary.earliest_refused_send_at
+    if first is not None:
+        lines.append(f"earliest refused send time: {format_local(first, zone)}")
+    return lines
+
+
+def _report_waited(
+    ledger: Ledger, results: list[CancelResult], args: argparse.Namespace, zone: ZoneInfo
+) -> None:
+    """After --wait: the final table (by ids) or the count of each state (by label)."""
+    if args.label is None:
+        orders = ledger.get_many(r.order_id for r in results)
+        final = [orders[r.order_id] for r in results if r.order_id in orders]
+        if final:
+            say(["", *order_table(final, zone, ledger.now())])
+    else:
+        counts = Counter(r.state.value for r in results if r.state is not None)
+        say(["", *table(("STATE", "ORDERS"), sorted((k, str(v)) for k, v in counts.items()))])
+    pending = [r for r in results if r.state is not None and r.state not in FINAL_STATES]
+    for result in pending[:_MAX_LISTED]:
+        assert result.state is not None
+        say_error(
+            f"order {result.order_id} is still {result.state.value} after {args.wait:g} s; "
+            "is the daemon (smsledger run) running?"
+        )
+    if len(pending) > _MAX_LISTED:
+        say_error(f"and {len(pending) - _MAX_LISTED} more orders are not final yet")
+
+
+def _wait_final(ledger: Ledger, results: list[CancelResult], seconds: float) -> list[CancelResult]:
+    """Re-read the orders every POLL_SECONDS until all are final or `seconds` have passed."""
     deadline = time.monotonic() + seconds
-    current = orders
+    current = results
     while True:
-        current = [ledger.get(order.order_id) for order in current]
+        orders = ledger.get_many(r.order_id for r in current if r.state is not None)
+        current = [
+            replace(r, state=orders[r.order_id].state) if r.order_id in orders else r
+            for r in current
+        ]
         left = deadline - time.monotonic()
-        if all(order.state in FINAL_STATES for order in current) or left <= 0:
+        done = all(r.state is None or r.state in FINAL_STATES for r in current)
+        if done or left <= 0:
             return current
         time.sleep(min(POLL_SECONDS, left))
 

@@ -21,12 +21,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ledger import Event, Order
+from ledger import CancelSummary, Event, Order
 from ledger.api import is_control
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
     "ERROR_PREFIX",
+    "cancel_json",
     "escape",
     "escape_json",
     "event_json",
@@ -119,6 +120,24 @@ def event_json(event: Event) -> dict[str, Any]:
         "to_state": event.to_state.value,
         "reason": event.reason,
         "details": dict(event.details),
+    }
+
+
+def cancel_json(summary: CancelSummary) -> dict[str, Any]:
+    """`cancel --json`: the count of each outcome, and one result per order."""
+    first = summary.earliest_refused_send_at
+    return {
+        **{outcome.value: count for outcome, count in summary.counts.items()},
+        "earliest_refused_send_at": _utc_or_none(first),
+        "dry_run": summary.dry_run,
+        "orders": [
+            {
+                "order_id": r.order_id,
+                "state": None if r.state is None else r.state.value,
+                "outcome": r.outcome.value,
+            }
+            for r in summary.results
+        ],
     }
 
 

@@ -119,12 +119,26 @@ _COMMANDS: tuple[_Command, ...] = (
     _Command(
         "cancel",
         "ask for orders to be cancelled (the daemon sends it)",
-        "Prints each order's state. Exit 0 when every order is cancel_requested, cancelling or\n"
-        "cancelled (with --wait: cancelled); 1 when one was refused, is too late, not found,\n"
-        "needs attention, was dispatched or is not final when --wait runs out; 2 when an\n"
-        "order id is not in the ledger (the other ids are still handled).",
+        "Give order ids, or --label for every order of a campaign. Prints each order's state\n"
+        "(with --label, the count of each outcome). Exit 0 when every order is\n"
+        "cancel_requested, cancelling or cancelled (with --wait: cancelled); 1 when one was\n"
+        "refused, is too late, not found, needs attention, was dispatched or is not final when\n"
+        "--wait runs out; 2 when an order id is not in the ledger (the other ids are still\n"
+        "handled). --json prints one object: the count of each outcome (requested, warned,\n"
+        "refused, already, final, unknown) and orders: [{order_id, state, outcome}].",
         (
-            _arg("order_ids", nargs="+", metavar="ORDER_ID"),
+            _arg("order_ids", nargs="*", metavar="ORDER_ID"),
+            _arg(
+                "--label",
+                metavar="LABEL",
+                help="cancel every order with this label (instead of ids)",
+            ),
+            _arg(
+                "--dry-run",
+                action="store_true",
+                help="say what would happen now and write nothing",
+            ),
+            _JSON_OBJECT,
             _arg(
                 "--wait",
                 type=seconds,
@@ -216,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = Parser(
         prog="smsledger",
+        allow_abbrev=False,
         description="Keep future-scheduled iletiMerkezi SMS orders safe to cancel.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
             else command.help,
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
         )
         _add_common(sub, top=False)
         for arg in command.args:

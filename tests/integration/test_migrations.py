@@ -470,6 +470,27 @@ def test_revision_0003_goes_down_to_the_old_names_with_the_rows_and_up_again(
         assert [o.order_id for o in ledger.orders()] == ["old-1", "old-2"]
 
 
+def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0003")
+    at_0003 = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+    at_head = schema_names(store)
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0003")
+    down = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+
+    index = "ix_smsledger_orders_label_order_id"
+    assert index not in {name for _, name in at_0003[0]}
+    assert index in {name for _, name in at_head}
+    assert down == at_0003
+    assert versions(store) == [HEAD]
+
+
 # -- several processes at once -----------------------------------------------------------------
 
 _OPEN_ON_GO = """
