@@ -31,7 +31,16 @@ from ledger.schema import current_revision, upgrade
 from ledger.states import OrderState
 from ledger.store import Change, ConcurrentRegistration, Store, display_url
 
-__all__ = ["CANCEL_BATCH", "LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
+__all__ = [
+    "CANCEL_BATCH",
+    "LABEL_MAX",
+    "Ledger",
+    "Registered",
+    "check_future",
+    "check_label",
+    "check_order_id",
+    "is_control",
+]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -88,6 +97,30 @@ def check_label(label: str | None) -> str | None:
                 "a label must be plain text on one line"
             )
     return label
+
+
+def check_future(order_id: str, send_at: datetime, now: datetime) -> None:
+    """Refuse to register an order whose send time has come: there is nothing left to cancel."""
+    if send_at <= now:
+        raise InvalidInput(
+            f"order {order_id}: send time {send_at.isoformat()} is not in the future; "
+            "there is nothing left to cancel"
+        )
+
+
+class Registered(int):
+    """How many orders `Ledger.register_many` registered anew (an int, as it always was), with
+    `already`: how many items were already registered with the same time, or repeated."""
+
+    already: int
+
+    def __new__(cls, new: int, *, already: int = 0) -> Registered:
+        value = super().__new__(cls, new)
+        value.already = already
+        return value
+
+    def __repr__(self) -> str:
+        return f"Registered({int(self)}, already={self.already})"
 
 
 class Ledger:
@@ -235,14 +268,17 @@ class Ledger:
         orders: Iterable[tuple[str, datetime] | tuple[str, datetime, str | None]],
         *,
         label: str | None = None,
-    ) -> int:
+    ) -> Registered:
         """Register many orders in one transaction; return how many were new.
 
+        The count is an int; its `already` says how many items were registered before with the
+        same time, or repeated an earlier item of `orders` (idempotent: they change nothing).
         All or nothing: one bad item (naive time, bad id, an id already registered for another
         time) fails the whole batch and leaves the ledger unchanged.
         """
         default_label = check_label(label)
         batch: dict[str, tuple[str, datetime, str | None]] = {}
+        repeated = 0
         for n, item in enumerate(orders):
             if not isinstance(item, tuple) or len(item) not in (2, 3):
                 raise InvalidInput(f"item {n} must be (order_id, send_at[, label]), got {item!r}")
@@ -253,11 +289,13 @@ class Ledger:
             except InvalidInput as exc:
                 raise InvalidInput(f"order {oid}: {exc}") from None
             seen = batch.get(oid)
-            if seen is not None and seen[1] != when:
-                raise RegistrationConflict(oid, seen[1], when)
+            if seen is not None:
+                if seen[1] != when:
+                    raise RegistrationConflict(oid, seen[1], when)
+                repeated += 1
             batch[oid] = (oid, when, item_label)
         if not batch:
-            return 0
+            return Registered(0, already=repeated)
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
@@ -276,17 +314,13 @@ class Ledger:
             for oid, _when, _label in new:
                 self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
             log.info("orders_registered", count=len(new), already_known=len(existing))
-            return len(new)
+            return Registered(len(new), already=len(existing) + repeated)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:
         for oid, when in items:
-            if when <= now:
-                raise InvalidInput(
-                    f"order {oid}: send time {when.isoformat()} is not in the future; "
-                    "there is nothing left to cancel"
-                )
+            check_future(oid, when, now)
 
     # -- cancels -------------------------------------------------------------------------------
 

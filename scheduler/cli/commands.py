@@ -36,6 +36,7 @@ from ledger import (
     Order,
     OrderNotFound,
     OrderState,
+    RegistrationConflict,
     configure_logging,
     load_config,
     utcnow,
@@ -53,6 +54,7 @@ from scheduler.cli.exits import (
     UsageError,
     exit_code_for,
 )
+from scheduler.cli.imports import check_lines
 from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
 from scheduler.cli.output import (
     cancel_json,
@@ -69,6 +71,7 @@ from scheduler.cli.output import (
     to_json,
 )
 from scheduler.cli.parser import Parser
+from scheduler.cli.progress import Progress
 from scheduler.cli.times import (
     WhenError,
     format_countdown,
@@ -148,11 +151,93 @@ def _client(config: Config) -> IletiMerkeziClient:
 
 
 def _cmd_register(args: argparse.Namespace, ctx: Context) -> int:
+    if args.source is not None:
+        if args.order_id is not None or args.send_at is not None:
+            raise UsageError("--from FILE takes neither ORDER_ID nor --send-at")
+        return _register_from(args, ctx)
+    if args.skip_invalid:
+        raise UsageError("--skip-invalid goes with --from FILE")
+    if args.order_id is None or args.send_at is None:
+        raise UsageError("give ORDER_ID --send-at WHEN, or --from FILE")
     send_at = _when(args.send_at, "--send-at", ctx)
     with _open_ledger(ctx) as ledger:
         order = ledger.register(args.order_id, send_at, args.label)
         say(order_table([order], ctx.config.zone, ledger.now()))
     return EXIT_OK
+
+
+#: Orders one transaction of ``register --from`` writes; each a step of the progress bar.
+_IMPORT_CHUNK = 5000
+#: Imports of more lines than this show a progress bar (on a terminal).
+_PROGRESS_FROM = 2000
+
+
+def _register_from(args: argparse.Namespace, ctx: Context) -> int:
+    """``register --from FILE``: check every line (and the ledger's times), then register."""
+    try:
+        default_label = check_label(args.label)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
+    name = "stdin" if args.source == "-" else args.source
+    try:
+        if args.source == "-":
+            check = check_lines(sys.stdin, ctx.config.zone, utcnow(), label=default_label)
+        else:
+            with Path(args.source).open(encoding="utf-8", newline="") as file:
+                check = check_lines(file, ctx.config.zone, utcnow(), label=default_label)
+    except OSError as exc:
+        raise UsageError(f"--from {args.source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--from {name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    with _open_ledger(ctx) as ledger:
+        known = ledger.get_many(row.order_id for row in check.rows)
+        rows = []
+        for row in check.rows:
+            order = known.get(row.order_id)
+            if order is not None and order.send_at != row.send_at:
+                conflict = RegistrationConflict(row.order_id, order.send_at, row.send_at)
+                check.problems.append((row.line, str(conflict)))
+            else:
+                rows.append(row)
+        problems = sorted(check.problems)
+        if problems and not args.skip_invalid:
+            say_error(
+                f"{name}: {len(problems)} bad line(s) of {len(rows) + len(problems)}; nothing "
+                "was registered (--skip-invalid registers the good lines)"
+            )
+            _list_problems(problems)
+            return EXIT_USAGE
+        progress = Progress(
+            f"registering from {name}", len(rows), sys.stdout, enabled=len(rows) > _PROGRESS_FROM
+        )
+        new = already = 0
+        try:
+            for start in range(0, len(rows), _IMPORT_CHUNK):
+                chunk = rows[start : start + _IMPORT_CHUNK]
+                done = ledger.register_many([(r.order_id, r.send_at, r.label) for r in chunk])
+                new += done
+                already += done.already
+                progress.update(start + len(chunk), force=True)
+        finally:
+            progress.close()
+    say(
+        f"{name}: {new} new order(s) registered, {already} already registered"
+        + (f", {len(problems)} bad line(s) skipped" if problems else "")
+    )
+    if problems:
+        print(f"smsledger: {name}: skipped {len(problems)} bad line(s):", file=sys.stderr)
+        _list_problems(problems)
+    return EXIT_OK
+
+
+def _list_problems(problems: list[tuple[int, str]]) -> None:
+    """``line N: what is wrong`` on stderr, the first `_MAX_LISTED`, then how many more."""
+    for line, problem in problems[:_MAX_LISTED]:
+        print(f"  line {line}: {escape(problem)}", file=sys.stderr)
+    if len(problems) > _MAX_LISTED:
+        print(f"  ... and {len(problems) - _MAX_LISTED} more bad line(s)", file=sys.stderr)
 
 
 def _cmd_send(args: argparse.Namespace, ctx: Context) -> int:

@@ -82,10 +82,31 @@ _COMMANDS: tuple[_Command, ...] = (
     _Command(
         "register",
         "record an order already scheduled at the provider",
+        "One order: ORDER_ID --send-at WHEN. A campaign: --from FILE (- for stdin), CSV with a\n"
+        'header (order_id,send_at[,label]) or JSON lines ({"order_id", "send_at", "label"}),\n'
+        "told apart by the content. Every line is checked first: any bad line registers\n"
+        "nothing and exits 2, listing 'line N: what is wrong'; --skip-invalid registers the\n"
+        "good lines and lists the bad (exit 0). Lines already registered with the same time\n"
+        "count as already registered, so an import can be run again.",
         args=(
-            _ORDER_ID,
-            _required("--send-at", "WHEN", "its send time"),
-            _LABEL,
+            _arg("order_id", nargs="?", metavar="ORDER_ID"),
+            _arg("--send-at", metavar="WHEN", help="its send time"),
+            _arg(
+                "--label",
+                metavar="TEXT",
+                help="a note shown with the order (with --from: for lines without one)",
+            ),
+            _arg(
+                "--from",
+                dest="source",
+                metavar="FILE",
+                help="register every order in FILE (- for stdin)",
+            ),
+            _arg(
+                "--skip-invalid",
+                action="store_true",
+                help="with --from: register the good lines, list the bad ones",
+            ),
         ),
     ),
     _Command(

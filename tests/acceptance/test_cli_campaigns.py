@@ -6,12 +6,16 @@ is run for what the test is about.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import CONFIG, needs_smsledger, run_command
+from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger, run_command
 
 from ledger import Ledger, OrderState
 
@@ -116,3 +120,99 @@ def test_cancel_needs_ids_or_a_label(
     assert result.code == 2
     assert result.err.startswith("smsledger: error: ") and needle in result.err
     assert book.get("a").state is OrderState.SCHEDULED
+
+
+# -- register --from ---------------------------------------------------------------------------
+
+
+def test_register_from_csv_and_from_json_lines_on_stdin(work: Path, book: Ledger) -> None:
+    (work / "spring.csv").write_text(
+        "order_id,send_at,label\n1,2030-01-01T10:00,spring\n2,2030-01-01T07:00Z,\n"
+    )
+    jsonl = '{"order_id": "3", "send_at": "2030-01-01T10:00", "label": "autumn"}\n'
+
+    csv_run = run_command(work, "register", "--from", "spring.csv", "--label", "fallback")
+    json_run = run_command(work, "register", "--from", "-", stdin=jsonl)
+
+    assert (csv_run.code, json_run.code) == (0, 0), csv_run.err + json_run.err
+    assert csv_run.out == "spring.csv: 2 new order(s) registered, 0 already registered\n"
+    assert json_run.out == "stdin: 1 new order(s) registered, 0 already registered\n"
+    assert [(o.order_id, o.send_at.isoformat(), o.label) for o in book.orders()] == [
+        ("1", "2030-01-01T07:00:00+00:00", "spring"),
+        ("2", "2030-01-01T07:00:00+00:00", "fallback"),
+        ("3", "2030-01-01T07:00:00+00:00", "autumn"),
+    ]
+
+
+def test_any_bad_line_registers_nothing_and_lists_at_most_20(work: Path, book: Ledger) -> None:
+    book.register("taken", datetime(2029, 1, 1, tzinfo=UTC))
+    lines = ["order_id,send_at", "taken,2030-01-01T10:00"]
+    lines += [f"ok-{n},2030-01-01T10:00" for n in range(10)]
+    lines += [f"bad-{n},tomorrow" for n in range(24)]
+    (work / "c.csv").write_text("\n".join(lines) + "\n")
+
+    result = run_command(work, "register", "--from", "c.csv")
+
+    assert result.code == 2
+    err = result.err_lines
+    assert err[0] == (
+        "smsledger: error: c.csv: 25 bad line(s) of 35; nothing was registered "
+        "(--skip-invalid registers the good lines)"
+    )
+    assert err[1].startswith("  line 2: order taken is already registered for 2029-01-01")
+    assert err[2].startswith("  line 13: 'tomorrow' is not an ISO 8601 date and time")
+    assert len(err) == 1 + 20 + 1
+    assert err[-1] == "  ... and 5 more bad line(s)"
+    assert [o.order_id for o in book.orders()] == ["taken"], "nothing was written"
+
+    skipped = run_command(work, "register", "--from", "c.csv", "--skip-invalid")
+    assert skipped.code == 0
+    assert skipped.out.startswith("c.csv: 10 new order(s) registered, 0 already registered, 25 bad")
+    assert "line 2: order taken is already registered for" in skipped.err
+    assert len(book.orders()) == 11
+
+
+def test_a_100000_line_import_is_registered_once_and_again_is_all_already(
+    work: Path, book: Ledger
+) -> None:
+    body = "".join(
+        f'{{"order_id": "m-{n}", "send_at": "2030-01-01T10:00", "label": "big"}}\n'
+        for n in range(100_000)
+    )
+    (work / "big.jsonl").write_text(body)
+
+    first = run_command(work, "register", "--from", "big.jsonl", timeout=600)
+    again = run_command(work, "register", "--from", "-", stdin=body, timeout=600)
+
+    assert first.code == 0, first.err
+    assert first.out == "big.jsonl: 100000 new order(s) registered, 0 already registered\n"
+    assert "\r" not in first.out + first.err, "no progress bar when stdout is not a terminal"
+    assert again.out == "stdin: 0 new order(s) registered, 100000 already registered\n"
+    with book.store.read() as conn:
+        count = conn.exec_driver_sql("SELECT count(*) FROM smsledger_orders").scalar_one()
+    assert count == 100_000
+
+
+def test_a_big_import_shows_a_progress_bar_on_a_terminal(work: Path, book: Ledger) -> None:
+    rows = "".join(f"t-{n},2030-01-01T10:00\n" for n in range(6000))
+    (work / "t.csv").write_text("order_id,send_at\n" + rows)
+    assert SMSLEDGER is not None
+    main, child = pty.openpty()
+    with subprocess.Popen(
+        [SMSLEDGER, "register", "--from", "t.csv"],
+        cwd=work,
+        env=clean_env(),
+        stdout=child,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        os.close(child)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the command has exited
+            while chunk := os.read(main, 4096):
+                shown += chunk
+        proc.wait(timeout=120)
+    os.close(main)
+    assert proc.returncode == 0
+    text = shown.decode()
+    assert "registering from t.csv [" in text and "6000/6000" in text
+    assert text.rstrip().endswith("t.csv: 6000 new order(s) registered, 0 already registered")

@@ -230,3 +230,16 @@ def test_bad_arguments_are_invalid_input_and_write_nothing(
     with pytest.raises(InvalidInput):
         tmp_ledger.request_cancel_many(*args, **kwargs)  # type: ignore[arg-type]
     assert tmp_ledger.get("a").state is S.SCHEDULED
+
+
+def test_register_many_counts_earlier_registrations_and_repeats_as_already(
+    ledger_url: str, clock: FakeClock
+) -> None:
+    when = T0 + timedelta(hours=2)
+    with Ledger(ledger_url, clock=clock) as ledger:
+        first = ledger.register_many([("a", when), ("b", when), ("a", when)])
+        second = ledger.register_many([("a", when), ("c", when)])
+
+    assert (first, first.already) == (2, 1)
+    assert (second, second.already) == (1, 1)
+    assert isinstance(second, int) and second + 1 == 2, "still the count of new orders"
