@@ -6,6 +6,7 @@ Importing this package configures nothing (no logging, no database): see `Ledger
 
 from ledger._clock import utcnow
 from ledger.api import Ledger
+from ledger.campaigns import LabelSummary
 from ledger.cancels import CancelOutcome, CancelResult, CancelSummary
 from ledger.config import Config, load_config
 from ledger.errors import (
@@ -41,6 +42,7 @@ __all__ = [
     "Event",
     "IllegalTransition",
     "InvalidInput",
+    "LabelSummary",
     "Ledger",
     "LedgerError",
     "LedgerUnavailable",

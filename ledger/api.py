@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ledger._clock import ensure_aware, utcnow
+from ledger.campaigns import LabelSummary
 from ledger.cancels import (
     CancelDecision,
     CancelOutcome,
@@ -28,7 +29,7 @@ from ledger.errors import (
 from ledger.logsetup import configure_logging
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.schema import current_revision, upgrade
-from ledger.states import OrderState
+from ledger.states import FINAL_STATES, OrderState
 from ledger.store import Change, ConcurrentRegistration, Store, display_url
 
 __all__ = [
@@ -494,8 +495,10 @@ class Ledger:
         send_after: datetime | None = None,
         send_before: datetime | None = None,
         limit: int | None = None,
+        label: str | None = None,
     ) -> list[Order]:
-        """Orders ordered by send time; filter by state(s) and a send-time range [after, before)."""
+        """Orders ordered by send time; filter by state(s), label and a send-time range
+        [after, before)."""
         states: list[OrderState] | None = None
         if state is not None:
             raw = [state] if isinstance(state, str) else list(state)
@@ -506,4 +509,38 @@ class Ledger:
                 raise InvalidInput(f"unknown state in {raw!r}; states are: {known}") from None
         after = ensure_aware(send_after, "send_after") if send_after is not None else None
         before = ensure_aware(send_before, "send_before") if send_before is not None else None
-        return self.store.orders(states=states, send_after=after, send_before=before, limit=limit)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise InvalidInput(f"limit must be a whole number >= 0, got {limit!r}")
+        return self.store.orders(
+            states=states,
+            send_after=after,
+            send_before=before,
+            limit=limit,
+            label=check_label(label),
+        )
+
+    def summary(self, label: str | None = None) -> list[LabelSummary]:
+        """Each label's orders by state, next send time and cancels at risk; by label, the
+        unlabelled orders (label None) last. With `label`, only that label (if it has orders)."""
+        now = self.now()
+        rows = self.store.label_counts(
+            now=now, edge=now + self.warn_before, label=check_label(label)
+        )
+        grouped: dict[str | None, list[tuple[OrderState, int, datetime | None, int]]] = {}
+        for row_label, state, count, next_at, due in rows:
+            grouped.setdefault(row_label, []).append((state, count, next_at, due))
+        summaries = []
+        for name in sorted(grouped, key=lambda n: (n is None, n or "")):
+            states = dict.fromkeys(OrderState, 0)
+            upcoming: list[datetime] = []
+            at_risk = 0
+            for state, count, next_at, due in grouped[name]:
+                states[state] = count
+                if state not in FINAL_STATES and next_at is not None:
+                    upcoming.append(next_at)
+                if state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING):
+                    at_risk += due
+            summaries.append(LabelSummary(name, states, min(upcoming, default=None), at_risk))
+        return summaries

@@ -374,9 +374,12 @@ class Store:
         send_after: datetime | None = None,
         send_before: datetime | None = None,
         limit: int | None = None,
+        label: str | None = None,
     ) -> list[Order]:
         """Orders by send time, filtered (send_after inclusive, send_before exclusive)."""
         stmt = sa.select(orders_t).order_by(orders_t.c.send_at, orders_t.c.order_id)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
         if states is not None:
             stmt = stmt.where(orders_t.c.state.in_([s.value for s in states]))
         if send_after is not None:
@@ -387,6 +390,27 @@ class Store:
             stmt = stmt.limit(limit)
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def label_counts(
+        self, *, now: datetime, edge: datetime, label: str | None = None
+    ) -> list[tuple[str | None, OrderState, int, datetime | None, int]]:
+        """Per (label, state): the count, the earliest send time after `now`, and how many are
+        due by `edge`; one grouped query (every label, or only `label`)."""
+        send_at = orders_t.c.send_at
+        stmt = sa.select(
+            orders_t.c.label,
+            orders_t.c.state,
+            sa.func.count(),
+            sa.func.min(sa.case((send_at > now, send_at))),
+            sa.func.sum(sa.case((send_at <= edge, 1), else_=0)),
+        ).group_by(orders_t.c.label, orders_t.c.state)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
+        with self.read() as conn:
+            return [
+                (row[0], OrderState(row[1]), int(row[2]), row[3], int(row[4] or 0))
+                for row in conn.execute(stmt)
+            ]
 
     def claimable(
         self, state: OrderState, now: datetime, *, limit: int, exclude: Sequence[str] = ()

@@ -62,11 +62,13 @@ from scheduler.cli.output import (
     escape_json,
     event_json,
     history_table,
+    label_summary_json,
     order_json,
     order_table,
     say,
     say_error,
     status_lines,
+    summary_table,
     table,
     to_json,
 )
@@ -157,8 +159,10 @@ def _cmd_register(args: argparse.Namespace, ctx: Context) -> int:
         return _register_from(args, ctx)
     if args.skip_invalid:
         raise UsageError("--skip-invalid goes with --from FILE")
-    if args.order_id is None or args.send_at is None:
+    if args.order_id is None:
         raise UsageError("give ORDER_ID --send-at WHEN, or --from FILE")
+    if args.send_at is None:
+        raise UsageError("the following arguments are required: --send-at (or give --from FILE)")
     send_at = _when(args.send_at, "--send-at", ctx)
     with _open_ledger(ctx) as ledger:
         order = ledger.register(args.order_id, send_at, args.label)
@@ -476,15 +480,44 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(
                 f"--state: unknown state {args.state!r}; states are: {known}"
             ) from None
+    label = _label_option(args.label)
+    send_from = _when(args.send_from, "--from", ctx) if args.send_from is not None else None
+    until = _when(args.until, "--until", ctx) if args.until is not None else None
     with _open_ledger(ctx, must_exist=True) as ledger:
-        orders = ledger.orders(state)
+        orders = ledger.orders(
+            state, label=label, send_after=send_from, send_before=until, limit=args.limit
+        )
         now = ledger.now()
     if args.json:
         say(to_json([order_json(order) for order in orders]))
     elif orders:
         say(order_table(orders, ctx.config.zone, now))
     else:
-        say("no orders" + (f" in state {state.value}" if state else ""))
+        filters = [
+            f"in state {state.value}" if state else "",
+            f"with label {label}" if label else "",
+        ]
+        say(" ".join(["no orders", *filter(None, filters)]))
+    return EXIT_OK
+
+
+def _label_option(text: str | None) -> str | None:
+    try:
+        return check_label(text)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
+
+
+def _cmd_summary(args: argparse.Namespace, ctx: Context) -> int:
+    label = _label_option(args.label)
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        summaries = ledger.summary(label)
+    if args.json:
+        say(to_json([label_summary_json(s) for s in summaries]))
+    elif summaries:
+        say(summary_table(summaries, ctx.config.zone))
+    else:
+        say("no orders" + (f" with label {label}" if label else ""))
     return EXIT_OK
 
 
@@ -674,6 +707,7 @@ HANDLERS: dict[str, Handler] = {
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "list": _cmd_list,
+    "summary": _cmd_summary,
     "history": _cmd_history,
     "logs": _cmd_logs,
     "run": _cmd_run,

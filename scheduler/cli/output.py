@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ledger import CancelSummary, Event, Order
+from ledger import CancelSummary, Event, LabelSummary, Order
 from ledger.api import is_control
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
@@ -32,12 +32,14 @@ __all__ = [
     "escape_json",
     "event_json",
     "history_table",
+    "label_summary_json",
     "order_json",
     "order_table",
     "pair",
     "say",
     "say_error",
     "status_lines",
+    "summary_table",
     "table",
     "to_json",
 ]
@@ -230,3 +232,29 @@ def history_table(events: Iterable[Event], zone: ZoneInfo) -> list[str]:
         for event in events
     ]
     return table(("AT", "FROM", "TO", "REASON", "DETAILS"), rows)
+
+
+def label_summary_json(summary: LabelSummary) -> dict[str, Any]:
+    """One item of `summary --json`: a label's count per state (every state), next send time
+    and cancels at risk."""
+    return {
+        "label": summary.label,
+        "states": {state.value: count for state, count in summary.states.items()},
+        "next_send_at": _utc_or_none(summary.next_send_at),
+        "at_risk": summary.at_risk,
+    }
+
+
+def summary_table(summaries: Iterable[LabelSummary], zone: ZoneInfo) -> list[str]:
+    """One line per label: orders, next send time in `zone`, cancels at risk, states with orders."""
+    rows = [
+        (
+            _NONE if s.label is None else s.label,
+            str(s.total),
+            _NONE if s.next_send_at is None else format_local(s.next_send_at, zone),
+            str(s.at_risk),
+            " ".join(f"{state.value}={count}" for state, count in s.states.items() if count),
+        )
+        for s in summaries
+    ]
+    return table(("LABEL", "ORDERS", "NEXT SEND", "AT RISK", "STATES"), rows)

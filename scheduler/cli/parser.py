@@ -47,6 +47,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """An option's whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 @dataclass(frozen=True)
 class _Arg:
     """One `add_argument` call, kept as data so that commands can share it."""
@@ -179,8 +190,28 @@ _COMMANDS: tuple[_Command, ...] = (
                 metavar="STATE",
                 help=f"only orders in this state ({', '.join(s.value for s in OrderState)})",
             ),
+            _arg("--label", metavar="LABEL", help="only orders with this label"),
+            _arg(
+                "--from", dest="send_from", metavar="WHEN", help="only orders sent at or after WHEN"
+            ),
+            _arg("--until", metavar="WHEN", help="only orders sent before WHEN"),
+            _arg(
+                "--limit",
+                type=_count,
+                metavar="N",
+                help="at most N orders (the first by send time)",
+            ),
             _JSON_ARRAY,
         ),
+    ),
+    _Command(
+        "summary",
+        "count each label's orders by state",
+        "One line per label (orders without one last): how many orders are in each state, the\n"
+        "next send time still to come, and AT RISK: cancels asked for but not settled yet whose\n"
+        "dispatch is inside the warn margin. --json prints an array of\n"
+        '{"label", "states": {state: count}, "next_send_at", "at_risk"}.',
+        (_arg("--label", metavar="LABEL", help="only this label"), _JSON_ARRAY),
     ),
     _Command(
         "history", "show an order's state changes, oldest first", args=(_ORDER_ID, _JSON_ARRAY)

@@ -216,3 +216,41 @@ def test_a_big_import_shows_a_progress_bar_on_a_terminal(work: Path, book: Ledge
     text = shown.decode()
     assert "registering from t.csv [" in text and "6000/6000" in text
     assert text.rstrip().endswith("t.csv: 6000 new order(s) registered, 0 already registered")
+
+
+# -- list and summary --------------------------------------------------------------------------
+
+
+def test_list_filters_by_label_send_time_and_limit_and_summary_counts_labels(
+    work: Path, book: Ledger
+) -> None:
+    book.register_many(
+        [(f"s-{n}", datetime(2030, 1, 1, 7, n, tzinfo=UTC), "spring") for n in range(10)]
+        + [(f"a-{n}", datetime(2030, 1, 1, 7, n, tzinfo=UTC), "autumn") for n in range(3)]
+        + [("bare", datetime(2030, 1, 2, 7, 0, tzinfo=UTC))]
+    )
+    book.request_cancel("s-9")
+
+    listed = run_command(
+        work, "list", "--label", "spring", "--from", "2030-01-01T10:02",
+        "--until", "2030-01-01T07:08Z", "--limit", "3", "--json",
+    )  # fmt: skip
+    summary = run_command(work, "summary", "--json")
+    one = run_command(work, "summary", "--label", "autumn")
+    none = run_command(work, "list", "--label", "winter")
+
+    assert listed.code == 0, listed.err
+    assert [o["order_id"] for o in listed.json()] == ["s-2", "s-3", "s-4"]
+    body = summary.json()
+    assert [(s["label"], s["next_send_at"], s["at_risk"]) for s in body] == [
+        ("autumn", "2030-01-01T07:00:00Z", 0),
+        ("spring", "2030-01-01T07:00:00Z", 0),
+        (None, "2030-01-02T07:00:00Z", 0),
+    ]
+    assert body[1]["states"]["scheduled"] == 9 and body[1]["states"]["cancel_requested"] == 1
+    assert set(body[0]["states"]) == {s.value for s in OrderState}
+    assert one.out.splitlines()[0].split() == ["LABEL", "ORDERS", "NEXT", "SEND", "AT", "RISK",
+                                               "STATES"]  # fmt: skip
+    assert one.out.splitlines()[1].split()[:2] == ["autumn", "3"]
+    assert one.out.rstrip().endswith("scheduled=3")
+    assert none.out == "no orders with label winter\n"

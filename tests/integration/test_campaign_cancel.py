@@ -243,3 +243,50 @@ def test_register_many_counts_earlier_registrations_and_repeats_as_already(
     assert (first, first.already) == (2, 1)
     assert (second, second.already) == (1, 1)
     assert isinstance(second, int) and second + 1 == 2, "still the count of new orders"
+
+
+def test_summary_counts_each_labels_states_next_send_and_cancels_at_risk(
+    ledger_url: str, clock: FakeClock
+) -> None:
+    with Ledger(ledger_url, clock=clock) as ledger:
+        expected = build(ledger, clock)
+        ledger.register_many([(f"bare-{n}", T0 + timedelta(days=1, hours=3)) for n in range(5)])
+        near = T0 + timedelta(days=1, minutes=10)
+        ledger.register_many([(f"risk-{n}", near, "autumn") for n in range(4)])
+        ledger.request_cancel_many([f"risk-{n}" for n in range(3)])  # warned: now at risk
+
+        autumn, spring, bare = ledger.summary()
+        only = ledger.summary("autumn")
+
+    want: Counter[OrderState] = Counter()
+    for count, _minutes, state, _outcome in CAMPAIGN:
+        want[state] += count
+    assert spring.label == "spring" and spring.total == len(expected)
+    assert {s: n for s, n in spring.states.items() if n} == dict(want)
+    assert spring.next_send_at == T0 + timedelta(days=1, minutes=3), "the earliest still to come"
+    assert spring.at_risk == 0, "its pending cancels are two hours out"
+    assert (autumn.label, autumn.at_risk, autumn.next_send_at) == ("autumn", 3, near)
+    assert autumn.states[S.CANCEL_REQUESTED] == 3 and autumn.states[S.SCHEDULED] == 1
+    assert (bare.label, bare.total) == (None, 5)
+    assert only == [autumn]
+
+
+def test_orders_filter_by_label_send_time_and_limit(ledger_url: str, clock: FakeClock) -> None:
+    with Ledger(ledger_url, clock=clock) as ledger:
+        base = T0 + timedelta(hours=1)
+        ledger.register_many(
+            [(f"s-{n}", base + timedelta(minutes=n), "spring") for n in range(10)]
+            + [(f"a-{n}", base + timedelta(minutes=n), "autumn") for n in range(10)]
+        )
+
+        window = ledger.orders(
+            label="spring",
+            send_after=base + timedelta(minutes=2),
+            send_before=base + timedelta(minutes=8),
+            limit=4,
+        )
+
+        assert [o.order_id for o in window] == ["s-2", "s-3", "s-4", "s-5"]
+        assert len(ledger.orders(label="autumn")) == 10
+        with pytest.raises(InvalidInput):
+            ledger.orders(limit=-1)
