@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -55,7 +55,15 @@ from scheduler.cli.exits import (
     exit_code_for,
 )
 from scheduler.cli.imports import check_lines
-from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
+from scheduler.cli.logs import (
+    LEVELS,
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    read_lines,
+    rotated_logs,
+)
 from scheduler.cli.output import (
     cancel_json,
     escape,
@@ -97,6 +105,9 @@ log = structlog.get_logger("smsledger.cli")
 
 #: How often `cancel --wait` and `logs --follow` look again, in seconds.
 POLL_SECONDS = 0.2
+
+#: `logs` sizes its columns to this many lines at a time: aligned, yet printed as it reads.
+_LOG_WINDOW = 50
 
 #: How many orders an error about many orders names before it counts the rest.
 _MAX_LISTED = 20
@@ -558,17 +569,19 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
     path = Path(config.log.path).expanduser()
     tail = LogTail(path)
     try:
-        if not args.follow and not path.exists():
+        rotated = rotated_logs(path) if args.include_rotated else []
+        if not args.follow and not path.exists() and not rotated:
             print(f"smsledger: no log file at {path} yet: nothing has been logged", file=sys.stderr)
             return EXIT_OK
-        reader.show(tail.poll(), batch=True)
+        _show_rotated(reader, rotated)
+        reader.show(tail.lines())
         if not args.follow:
             if not reader.shown and not args.json:
                 print(f"smsledger: no matching log events in {path}", file=sys.stderr)
             return EXIT_OK
         while True:
             time.sleep(POLL_SECONDS)
-            reader.show(tail.poll(), batch=False)
+            reader.show(tail.lines())
     finally:
         tail.close()
         if reader.skipped:
@@ -576,6 +589,14 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
                 f"smsledger: skipped {reader.skipped} line(s) of {path} that are not JSON",
                 file=sys.stderr,
             )
+
+
+def _show_rotated(reader: _LogPrinter, rotated: list[Path]) -> None:
+    for older in rotated:
+        try:
+            reader.show(read_lines(older))
+        except (OSError, EOFError) as exc:  # a damaged .gz: say so, read the others
+            say_error(f"cannot read {older}: {exc}")
 
 
 @dataclass
@@ -588,7 +609,9 @@ class _LogPrinter:
     shown: int = 0
     skipped: int = 0
 
-    def show(self, lines: list[str], *, batch: bool) -> None:
+    def show(self, lines: Iterable[str]) -> None:
+        """Print the matching lines as they are read, `_LOG_WINDOW` at a time: columns are sized
+        to each window (and only grow), so memory stays flat and the first lines come at once."""
         picked: list[tuple[str, dict[str, object]]] = []
         for line in lines:
             if not line.strip():
@@ -598,9 +621,15 @@ class _LogPrinter:
                 self.skipped += 1
             elif self.filter.matches(record):
                 picked.append((line, record))
+                if len(picked) >= _LOG_WINDOW:
+                    self._print(picked)
+                    picked = []
+        self._print(picked)
+
+    def _print(self, picked: list[tuple[str, dict[str, object]]]) -> None:
         if not picked:
             return
-        if batch and not self.raw:
+        if not self.raw:
             self.formatter.fit([record for _, record in picked])
         out = [
             escape_json(line) if self.raw else self.formatter.format(record)

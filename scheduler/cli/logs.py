@@ -8,9 +8,11 @@ hands back only whole lines.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +22,16 @@ from zoneinfo import ZoneInfo
 from scheduler.cli.output import escape, pair
 from scheduler.cli.times import format_local
 
-__all__ = ["LEVELS", "LineFormatter", "LogFilter", "LogTail", "parse_record", "record_time"]
+__all__ = [
+    "LEVELS",
+    "LineFormatter",
+    "LogFilter",
+    "LogTail",
+    "parse_record",
+    "read_lines",
+    "record_time",
+    "rotated_logs",
+]
 
 #: Severity order of the levels the log writer uses; a `--level` shows that level and above.
 LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -142,35 +153,70 @@ class LogTail:
         self._partial = b""
         return True
 
-    def _drain(self, *, final: bool = False) -> list[str]:
+    def _drain(self, *, final: bool = False) -> Iterator[str]:
+        """The whole lines from the read position to the end, one read-sized chunk at a time."""
         assert self._file is not None
-        chunks = [self._partial]
         while chunk := self._file.read(_READ_SIZE):
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        *whole, self._partial = data.split(b"\n")
+            *whole, self._partial = (self._partial + chunk).split(b"\n")
+            for line in whole:
+                yield line.decode("utf-8", errors="replace")
         if final and self._partial:
-            whole.append(self._partial)
+            yield self._partial.decode("utf-8", errors="replace")
             self._partial = b""
-        return [line.decode("utf-8", errors="replace") for line in whole]
 
-    def poll(self) -> list[str]:
-        """Every whole line appended since the last poll."""
+    def lines(self) -> Iterator[str]:
+        """Every whole line appended since the last read, as it is read: memory stays flat
+        however much there is (a 100 MB log is never held at once)."""
         if self._file is None and not self._open():
-            return []
+            return
         assert self._file is not None
-        lines = self._drain()
+        yield from self._drain()
         try:
             st = self.path.stat()
         except FileNotFoundError:
             st = None
         if st is None or (st.st_dev, st.st_ino) != self._ident:
-            lines += self._drain(final=True)  # the rest of the old file, then the new one
+            yield from self._drain(final=True)  # the rest of the old file, then the new one
             self.close()
             if st is not None and self._open():
-                lines += self._drain()
+                yield from self._drain()
         elif st.st_size < self._file.tell():
             self._file.seek(0)
             self._partial = b""
-            lines += self._drain()
-        return lines
+            yield from self._drain()
+
+    def poll(self) -> list[str]:
+        """Every whole line appended since the last poll."""
+        return list(self.lines())
+
+
+def rotated_logs(path: str | os.PathLike[str]) -> list[Path]:
+    """The rotated siblings of a log, oldest first: ``log.3.gz``, ``log.2.gz``, ``log.1``
+    (logrotate's numbering, compressed or not)."""
+    log = Path(path)
+    pattern = re.compile(rf"{re.escape(log.name)}\.(\d+)(\.gz)?")
+    found = []
+    try:
+        siblings = list(log.parent.iterdir())
+    except OSError:
+        return []
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_file():
+            found.append((int(match[1]), sibling))
+    return [p for _, p in sorted(found, key=lambda item: -item[0])]
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The lines of a whole (rotated) log file, ``.gz`` decompressed as it is read."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as packed:
+            yield from _decoded(packed)
+    else:
+        with path.open("rb") as plain:
+            yield from _decoded(plain)
+
+
+def _decoded(file: Iterable[bytes]) -> Iterator[str]:
+    for raw in file:
+        yield raw.rstrip(b"\n").decode("utf-8", errors="replace")

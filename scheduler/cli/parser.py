@@ -241,6 +241,11 @@ _COMMANDS: tuple[_Command, ...] = (
                 help="print the matching events, then new ones as they are written (Ctrl-C stops)",
             ),
             _arg("--json", action="store_true", help="print the matching lines unchanged"),
+            _arg(
+                "--include-rotated",
+                action="store_true",
+                help="read the rotated logs first, oldest first (LOG.2.gz, LOG.1, then LOG)",
+            ),
         ),
     ),
     _Command(

@@ -7,9 +7,12 @@ is run for what the test is about.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import os
 import pty
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -254,3 +257,64 @@ def test_list_filters_by_label_send_time_and_limit_and_summary_counts_labels(
     assert one.out.splitlines()[1].split()[:2] == ["autumn", "3"]
     assert one.out.rstrip().endswith("scheduled=3")
     assert none.out == "no orders with label winter\n"
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+#: Runs the command given as arguments with stdout to /dev/null and prints its peak RSS in KiB:
+#: a process of its own, so no other child of the test process is counted.
+_PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _peak_rss_kib(work: Path, *args: str) -> int:
+    assert SMSLEDGER is not None
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, SMSLEDGER, *args],
+        cwd=work,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return int(done.stdout.strip())
+
+
+@pytest.mark.slow
+def test_logs_reads_a_million_line_log_in_flat_memory(work: Path) -> None:
+    line = '{"timestamp": "2026-11-28T10:00:00Z", "level": "info", "event": "tick"}\n'
+    rare = '{"timestamp": "2026-11-28T10:00:01Z", "level": "warning", "event": "rare"}\n'
+    (work / "log.jsonl").write_text(line * 10 + rare)
+    small = _peak_rss_kib(work, "logs", "--event", "rare")
+    with (work / "log.jsonl").open("w") as file:
+        for _ in range(1000):
+            file.write(line * 1000)
+        file.write(rare)
+    assert (work / "log.jsonl").stat().st_size > 70_000_000
+
+    big = _peak_rss_kib(work, "logs", "--event", "rare")
+    shown = run_command(work, "logs", "--event", "rare", timeout=600)
+
+    assert shown.out.splitlines() == ["2026-11-28 13:00:01 +03  warning  rare  -"]
+    assert big - small < 30 * 1024, f"{small} KiB for 11 lines, {big} KiB for a million"
+
+
+def test_logs_include_rotated_reads_the_older_files_first(work: Path) -> None:
+    def entry(n: int) -> bytes:
+        text = f'{{"timestamp": "2026-11-28T10:00:0{n}Z", "level": "info", "event": "e{n}"}}\n'
+        return text.encode()
+
+    with gzip.open(work / "log.jsonl.2.gz", "wb") as file:
+        file.write(entry(1) + entry(2))
+    (work / "log.jsonl.1").write_bytes(entry(3))
+    (work / "log.jsonl").write_bytes(entry(4))
+
+    every = run_command(work, "logs", "--include-rotated", "--json")
+    current = run_command(work, "logs", "--json")
+
+    assert [json.loads(x)["event"] for x in every.out.splitlines()] == ["e1", "e2", "e3", "e4"]
+    assert [json.loads(x)["event"] for x in current.out.splitlines()] == ["e4"]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from scheduler.cli.logs import LineFormatter, LogFilter, LogTail, parse_record, record_time
+from scheduler.cli.logs import (
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    read_lines,
+    record_time,
+    rotated_logs,
+)
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 
@@ -136,3 +145,33 @@ def test_control_characters_in_any_field_are_escaped_and_keep_the_line_whole() -
     assert "evil\\x9b" in line
     assert "9\\x1b[2J" in line
     assert 'message="Üyelik\\nhatalı\\u202e"' in line
+
+
+def test_rotated_logs_are_found_oldest_first_compressed_or_not(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    for name in ("log.jsonl.1", "log.jsonl.2.gz", "log.jsonl.10.gz", "log.jsonl.bak", "other.1"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in rotated_logs(log)] == [
+        "log.jsonl.10.gz",
+        "log.jsonl.2.gz",
+        "log.jsonl.1",
+    ]
+    assert rotated_logs(tmp_path / "missing" / "log.jsonl") == []
+
+
+def test_a_compressed_rotated_log_is_read_line_by_line(tmp_path: Path) -> None:
+    packed = tmp_path / "log.jsonl.2.gz"
+    with gzip.open(packed, "wb") as file:
+        file.write(b"one\ntwo\nthree")
+    assert list(read_lines(packed)) == ["one", "two", "three"]
+
+
+def test_lines_are_read_chunk_by_chunk_as_the_caller_takes_them(tmp_path: Path) -> None:
+    """The first line is handed over before the rest of a big file is read."""
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"first\n" + b"x" * 100 + b"\n" * 200_000)
+    tail = LogTail(path)
+    lines = tail.lines()
+    assert next(lines) == "first"
+    assert tail._file is not None and tail._file.tell() < 200_000
+    tail.close()
