@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -44,7 +45,7 @@ from ledger import (
 from ledger._urls import display_url
 from ledger.api import check_label, check_order_id
 from ledger.cancels import ON_TRACK, refusal
-from ledger.config import find_config_path
+from ledger.config import ENV_CONFIG, config_search_path, find_config_path
 from ledger.margins import Window, window
 from scheduler.cli.exits import (
     EXIT_FAILED,
@@ -457,20 +458,29 @@ def _report_waited(
 
 
 def _wait_final(ledger: Ledger, results: list[CancelResult], seconds: float) -> list[CancelResult]:
-    """Re-read the orders every POLL_SECONDS until all are final or `seconds` have passed."""
+    """Re-read the orders every POLL_SECONDS until all are final or `seconds` have passed; on a
+    terminal, a live bar of the final ones and the count in each state meanwhile."""
     deadline = time.monotonic() + seconds
     current = results
-    while True:
-        orders = ledger.get_many(r.order_id for r in current if r.state is not None)
-        current = [
-            replace(r, state=orders[r.order_id].state) if r.order_id in orders else r
-            for r in current
-        ]
-        left = deadline - time.monotonic()
-        done = all(r.state is None or r.state in FINAL_STATES for r in current)
-        if done or left <= 0:
-            return current
-        time.sleep(min(POLL_SECONDS, left))
+    known = [r for r in results if r.state is not None]
+    progress = Progress("final", len(known), sys.stdout)
+    try:
+        while True:
+            orders = ledger.get_many(r.order_id for r in known)
+            current = [
+                replace(r, state=orders[r.order_id].state) if r.order_id in orders else r
+                for r in current
+            ]
+            states = Counter(r.state for r in current if r.state is not None)
+            final = sum(n for state, n in states.items() if state in FINAL_STATES)
+            left = deadline - time.monotonic()
+            counts = " ".join(f"{s.value}={n}" for s, n in sorted(states.items()))
+            progress.update(final, extra=f"{counts}  {max(left, 0):.0f} s left", force=True)
+            if final == len(known) or left <= 0:
+                return current
+            time.sleep(min(POLL_SECONDS, left))
+    finally:
+        progress.close()
 
 
 def _cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -642,11 +652,19 @@ class _LogPrinter:
 def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.config
     code = EXIT_OK
+    if args.config is not None:
+        origin = "--config"
+    elif os.environ.get(ENV_CONFIG):
+        origin = f"${ENV_CONFIG}"
+    else:
+        origin = "the first found of the search path"
     lines: list[tuple[str, str, str]] = [
         (
             "config",
             "ok",
-            str(Path(config.source).resolve()) if config.source else "defaults (no file)",
+            f"{Path(config.source).resolve()} (from {origin})"
+            if config.source
+            else f"defaults (no file: none of {', '.join(str(p) for p in config_search_path())})",
         )
     ]
 
@@ -660,7 +678,7 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
             ledger.orders(limit=1)
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
     except LedgerError as exc:
-        fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))
+        fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))  # it names the ledger
     problem = config.credentials_problem()
     if problem is not None:
         fail("provider", EXIT_USAGE, problem)

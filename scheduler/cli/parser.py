@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, NoReturn
 
 from ledger import OrderState
@@ -23,7 +24,8 @@ WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as writ
 2026-12-01T10:00 is read in the config's timezone (a local time that zone skips or repeats is
 refused). logs --since also takes 30s, 10m, 2h, 1d (that long ago).
 
-config: --config PATH, else $SMSLEDGER_CONFIG, else ./smsledger.toml, else the defaults.
+config: --config PATH, else $SMSLEDGER_CONFIG, else the first of ./smsledger.toml,
+~/.config/smsledger/smsledger.toml, /etc/smsledger/smsledger.toml; else the defaults.
 $ILETIMERKEZI_API_KEY / $ILETIMERKEZI_API_HASH override the file's credentials.
 
 {EXIT_CODES_TEXT}"""
@@ -80,6 +82,33 @@ class _Command:
     help: str
     details: str = ""
     args: tuple[_Arg, ...] = ()
+
+
+#: What each command's --help ends with: an example or two (the long notes are the top --help's).
+_EXAMPLES: dict[str, str] = {
+    "register": "smsledger register 312891245 --send-at 2026-12-01T10:00 --label spring\n"
+    "  smsledger register --from spring.csv",
+    "send": "smsledger send --sender ACME --to 905551112233 --text 'Hello' --at 2026-12-01T10:00",
+    "cancel": "smsledger cancel 312891245 312891246 --wait 60\n"
+    "  smsledger cancel --label spring --dry-run",
+    "status": "smsledger status 312891245 --json",
+    "list": "smsledger list --label spring --from 2026-12-01T09:00 --until 2026-12-01T12:00",
+    "summary": "smsledger summary --label spring --json",
+    "history": "smsledger history 312891245",
+    "logs": "smsledger logs --level warning --since 1h\n"
+    "  smsledger logs --order 312891245 --include-rotated",
+    "run": "smsledger --config /etc/smsledger/smsledger.toml run",
+    "check": "smsledger check",
+    "migrate": "smsledger --config /etc/smsledger/smsledger.toml migrate",
+}
+_SEE_TOP = "WHEN formats, where the config is found and exit codes: smsledger --help"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("smsledger")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
 
 
 _IYS_HELP = "1 commercial (default), 0 transactional"
@@ -270,7 +299,8 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--config",
         metavar="PATH",
         default=None if top else argparse.SUPPRESS,
-        help="config file (default: $SMSLEDGER_CONFIG, else ./smsledger.toml)",
+        help="config file (default: $SMSLEDGER_CONFIG, else ./smsledger.toml, "
+        "~/.config/smsledger/smsledger.toml, /etc/smsledger/smsledger.toml)",
     )
     parser.add_argument(
         "--debug",
@@ -293,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"smsledger {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in _COMMANDS:
         sub = commands.add_parser(
@@ -301,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{command.help}.\n\n{command.details}"
             if command.details
             else command.help,
-            epilog=EPILOG,
+            epilog=f"example:\n  {_EXAMPLES[command.name]}\n\n{_SEE_TOP}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
         )

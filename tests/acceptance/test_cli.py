@@ -591,7 +591,7 @@ def test_check_reports_config_ledger_and_balance(provider: Path, book: Ledger) -
     assert ok.code == 0, ok.err
     assert ok.err == ""
     assert ok.out.splitlines() == [
-        f"config    ok    {provider / 'smsledger.toml'}",
+        f"config    ok    {provider / 'smsledger.toml'} (from the first found of the search path)",
         f"ledger    ok    sqlite:///{provider / 'ledger.db'}",
         f"provider  ok    {ok.out.split('provider  ok    ')[1].split()[0]} "
         "balance 1000.00 / 5000 SMS",

@@ -318,3 +318,57 @@ def test_logs_include_rotated_reads_the_older_files_first(work: Path) -> None:
 
     assert [json.loads(x)["event"] for x in every.out.splitlines()] == ["e1", "e2", "e3", "e4"]
     assert [json.loads(x)["event"] for x in current.out.splitlines()] == ["e4"]
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def test_config_is_found_in_order_flag_env_here_user_then_defaults(tmp_path: Path) -> None:
+    here, home, elsewhere = tmp_path / "here", tmp_path / "home", tmp_path / "elsewhere"
+    for folder in (here, home / ".config" / "smsledger", elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "smsledger.toml").write_text('timezone = "UTC"\n')
+    flag = elsewhere / "flag.toml"
+    flag.write_text('timezone = "UTC"\n')
+    env = clean_env(HOME=str(home))
+    env.pop("XDG_CONFIG_HOME", None)
+
+    def used(cwd: Path, *args: str, **extra: str) -> str:
+        result = run_command(cwd, *args, "check", env={**env, **extra})
+        return result.out.splitlines()[0].split(maxsplit=2)[2]
+
+    env_file = str(elsewhere / "smsledger.toml")
+    user_file = home / ".config" / "smsledger" / "smsledger.toml"
+    assert used(here, "--config", str(flag), SMSLEDGER_CONFIG=env_file) == f"{flag} (from --config)"
+    assert used(here, SMSLEDGER_CONFIG=env_file) == f"{env_file} (from $SMSLEDGER_CONFIG)"
+    assert used(here).startswith(f"{here / 'smsledger.toml'} (from the first found")
+    assert used(tmp_path).startswith(f"{user_file} (from the first found")
+    user_file.unlink()
+    assert used(tmp_path).startswith("defaults (no file: none of smsledger.toml, ")
+
+
+def test_cancel_wait_shows_live_progress_only_on_a_terminal(work: Path, book: Ledger) -> None:
+    book.register("a", book.now() + timedelta(hours=2))
+    book.register("b", book.now() + timedelta(hours=2))
+    assert SMSLEDGER is not None
+    main, child = pty.openpty()
+    with subprocess.Popen(
+        [SMSLEDGER, "cancel", "a", "b", "--wait", "1"],
+        cwd=work,
+        env=clean_env(),
+        stdout=child,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        os.close(child)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(main, 4096):
+                shown += chunk
+        proc.wait(timeout=60)
+    os.close(main)
+    piped = run_command(work, "cancel", "a", "b", "--wait", "0.5")
+
+    text = shown.decode()
+    assert proc.returncode == 1, "not final when the wait ran out"
+    assert "final [" in text and "0/2  cancel_requested=2" in text
+    assert "\r" not in piped.out and "final [" not in piped.out
