@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -23,29 +24,35 @@ from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
     InvalidInput,
     NoLedger,
+    NotResolvable,
     OrderNotFound,
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
 from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
-from ledger.states import FINAL_STATES, OrderState
+from ledger.states import FINAL_STATES, RESOLVABLE, OrderState
 from ledger.store import Change, ConcurrentRegistration, Store, display_url
 
 __all__ = [
     "CANCEL_BATCH",
     "LABEL_MAX",
+    "NOTE_MAX",
     "Ledger",
     "Registered",
     "check_future",
     "check_label",
     "check_order_id",
     "is_control",
+    "os_user",
 ]
 
 log = structlog.get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: The longest note (and name) `Ledger.resolve` keeps.
+NOTE_MAX = 1000
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
@@ -83,19 +90,19 @@ def is_control(char: str) -> bool:
     return unicodedata.category(char) in _CONTROL_CATEGORIES
 
 
-def check_label(label: str | None) -> str | None:
+def check_label(label: str | None, *, what: str = "label", most: int = LABEL_MAX) -> str | None:
     """Return the label, refusing one that is not text, too long, or holds control characters."""
     if label is None:
         return None
     if not isinstance(label, str):
-        raise InvalidInput(f"label must be text, got {type(label).__name__}")
-    if len(label) > LABEL_MAX:
-        raise InvalidInput(f"label is {len(label)} characters long; at most {LABEL_MAX}")
+        raise InvalidInput(f"{what} must be text, got {type(label).__name__}")
+    if len(label) > most:
+        raise InvalidInput(f"{what} is {len(label)} characters long; at most {most}")
     for n, char in enumerate(label):
         if is_control(char):
             raise InvalidInput(
-                f"label contains the control character U+{ord(char):04X} at position {n + 1}; "
-                "a label must be plain text on one line"
+                f"{what} contains the control character U+{ord(char):04X} at position {n + 1}; "
+                f"a {what} must be plain text on one line"
             )
     return label
 
@@ -122,6 +129,14 @@ class Registered(int):
 
     def __repr__(self) -> str:
         return f"Registered({int(self)}, already={self.already})"
+
+
+def os_user() -> str:
+    """Who runs this process, as the OS knows them ("unknown" when it cannot tell)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry (containers)
+        return "unknown"
 
 
 class Ledger:
@@ -195,7 +210,7 @@ class Ledger:
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-        return cls(
+        ledger = cls(
             config.ledger.url,
             warn_before=config.windows.warn_before,
             refuse_before=config.windows.refuse_before,
@@ -204,6 +219,9 @@ class Ledger:
             clock=clock,
             must_exist=must_exist,
         )
+        if config.alerts.enabled:
+            ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
+        return ledger
 
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
@@ -223,8 +241,18 @@ class Ledger:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, order_id: str, send_at: datetime, label: str | None = None) -> Order:
-        """Record a scheduled order; registering the same id and time again changes nothing."""
+    def register(
+        self,
+        order_id: str,
+        send_at: datetime,
+        label: str | None = None,
+        *,
+        reason: str = "registered",
+    ) -> Order:
+        """Record a scheduled order; registering the same id and time again changes nothing.
+
+        `reason` is the registration's history reason (reconcile's is "imported from provider").
+        """
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
@@ -238,13 +266,13 @@ class Ledger:
                             raise RegistrationConflict(oid, existing.send_at, when)
                         return existing
                     self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, "registered")
+                    self.store.insert_new(conn, [(oid, when, label)], now, reason)
                     order = Order(
                         order_id=oid,
                         send_at=when,
                         state=OrderState.SCHEDULED,
                         label=label,
-                        reason="registered",
+                        reason=reason,
                         cancel_requested_at=None,
                         cancel_attempts=0,
                         check_attempts=0,
@@ -260,7 +288,7 @@ class Ledger:
                     raise
                 continue  # the other process's row is committed now: decide again on it
             assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
+            self.store._log_change(oid, None, OrderState.SCHEDULED, reason, None)
             return order
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -464,6 +492,51 @@ class Ledger:
                 self._log_close_to_dispatch(order.order_id, decision.seconds_left)
             results.append(CancelResult(order.order_id, decision.outcome, state, order.send_at))
         return results
+
+    # -- settling by hand ----------------------------------------------------------------------
+
+    def resolve(
+        self, order_id: str, to_state: OrderState | str, *, note: str, by: str | None = None
+    ) -> Order:
+        """Settle a `needs_attention` order by hand as `cancelled`, `too_late` or `not_found`.
+
+        A person looked (the provider's panel, the recipients) and says how it ended; the history
+        row keeps their `note` and name (`by`, default the OS user). Never calls the provider.
+        Raises `NotResolvable` (an `InvalidInput`) for an order in any other state,
+        `InvalidInput` for another target state or an empty note, `OrderNotFound`.
+        """
+        oid = check_order_id(order_id)
+        try:
+            target = OrderState(to_state)
+        except ValueError:
+            target = None
+        if target not in RESOLVABLE:
+            choices = ", ".join(sorted(s.value for s in RESOLVABLE))
+            raise InvalidInput(f"cannot resolve an order as {to_state!r}; choose {choices}")
+        assert target is not None
+        text = check_label(note, what="note", most=NOTE_MAX)
+        if text is None or not text.strip():
+            raise InvalidInput("a note is required: say what was checked and where")
+        who = check_label(os_user() if by is None else by, what="name", most=LABEL_MAX)
+        if who is None or not who.strip():
+            raise InvalidInput("the name of who resolves it must not be empty")
+        order = self.get(oid)
+        if order.state is not OrderState.NEEDS_ATTENTION:
+            raise NotResolvable(order)
+        result = self.store.transition(
+            oid,
+            OrderState.NEEDS_ATTENTION,
+            target,
+            now=self.now(),
+            reason=f"resolved by hand by {who.strip()}: {text.strip()}",
+            details={"note": text.strip(), "by": who.strip(), "by_person": True},
+            by_person=True,
+        )
+        if not result.applied:
+            assert result.order is not None
+            raise NotResolvable(result.order)
+        assert result.order is not None
+        return result.order
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 from ledger._clock import utcnow
 from ledger._urls import UNPARSABLE, display_url
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
-from ledger.models import Event, EventRow, Order, OrderRow
+from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
+from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
 __all__ = ["Change", "ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -83,6 +84,14 @@ def _driver_rows(
     sql, positional = _driver_insert(table, keys, dialect)
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
+
+#: The log level of a change into a state a person should look at (others log at info).
+_LOUD = {
+    OrderState.NEEDS_ATTENTION: "error",
+    OrderState.TOO_LATE: "warning",
+    OrderState.CANCEL_REFUSED: "warning",
+    OrderState.NOT_FOUND: "warning",
+}
 
 #: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
 _SCHEMA_LOCK = (
@@ -215,6 +224,8 @@ class Store:
         and is opened read-write without create, so one removed later is not made again either.
         """
         self.url = url
+        #: Which state changes write an alert in their own transaction (None: alerts are off).
+        self.alerts: AlertPolicy | None = None
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError:
@@ -412,6 +423,17 @@ class Store:
                 for row in conn.execute(stmt)
             ]
 
+    def registered_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Orders the ledger registered in [start, end), by registration time."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.created_at >= start)
+            .where(orders_t.c.created_at < end)
+            .order_by(orders_t.c.created_at, orders_t.c.order_id)
+        )
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
     def claimable(
         self, state: OrderState, now: datetime, *, limit: int, exclude: Sequence[str] = ()
     ) -> list[Order]:
@@ -600,6 +622,7 @@ class Store:
         increment: Sequence[str] = (),
         expect_owner: str | None = None,
         unexpired_at: datetime | None = None,
+        by_person: bool = False,
     ) -> TransitionResult:
         """Apply one legal state change as a guarded update plus its event, in one transaction.
 
@@ -607,10 +630,16 @@ class Store:
         `expect_owner`, still claimed by that owner; with `unexpired_at` too, a lease time, only
         while that claim has not expired then: a fenced write); when it does not match nothing is
         written and the result says so. Leaving for a final state releases any claim.
+        `by_person`: a person asked for it (`Ledger.resolve`), which `BY_PERSON_ONLY` needs.
         """
-        if not is_legal(from_state, to_state):
+        if not is_legal(from_state, to_state, by_person=by_person):
             raise IllegalTransition(
                 f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
+                + (
+                    " (only a person may take it)"
+                    if is_legal(from_state, to_state, by_person=True)
+                    else ""
+                )
             )
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
@@ -647,6 +676,8 @@ class Store:
                 )
             )
             order = _order(row)
+            if self.alerts is not None:
+                self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
 
@@ -703,11 +734,15 @@ class Store:
             )
         return orders
 
-    @staticmethod
     def _apply_changes(
-        conn: Connection, changes: Sequence[Change], now: datetime, values: Mapping[str, Any]
+        self,
+        conn: Connection,
+        changes: Sequence[Change],
+        now: datetime,
+        values: Mapping[str, Any],
     ) -> None:
-        """Guarded updates (one executemany per from/to pair) and their events, in `conn`."""
+        """Guarded updates (one executemany per from/to pair), their events and their alerts,
+        in `conn`."""
         groups: dict[tuple[OrderState, OrderState], list[Change]] = {}
         for change in changes:
             if not is_legal(change.from_state, change.to_state):
@@ -755,6 +790,24 @@ class Store:
                     for c in changes
                 ],
             )
+            if self.alerts is not None:
+                self._alert_changes(conn, changes, now)
+
+    def _alert_changes(self, conn: Connection, changes: Sequence[Change], now: datetime) -> None:
+        """The alerts of a batch's changes, written in its transaction as `transition` does."""
+        assert self.alerts is not None
+        ids = [c.order_id for c in changes]
+        after: dict[str, Order] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            stmt = sa.select(orders_t).where(
+                orders_t.c.order_id.in_(ids[start : start + _IN_CHUNK])
+            )
+            after.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
+        grouped: dict[tuple[OrderState, str], list[Order]] = {}
+        for change in changes:
+            grouped.setdefault((change.to_state, change.reason), []).append(after[change.order_id])
+        for (to_state, reason), orders in grouped.items():
+            self.alerts.on_transition(conn, orders, to_state, reason, now)
 
     def transition_due(
         self,
@@ -813,6 +866,8 @@ class Store:
                         for o in orders
                     ],
                 )
+                if self.alerts is not None:
+                    self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
         return orders
@@ -885,6 +940,34 @@ class Store:
         with self.write() as conn:
             conn.execute(stmt)
 
+    def record_delivery(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        values: Mapping[str, Any],
+        now: datetime,
+    ) -> Order | None:
+        """Record what the provider reported (delivery counters, its code) on an order still in
+        `state`, without a state change and so without a history row; None when the state moved.
+
+        Only `DELIVERY_COLUMNS`, ``delivery_checked_at`` and ``last_provider_code`` may be set.
+        """
+        allowed = {*DELIVERY_COLUMNS, "delivery_checked_at", "last_provider_code"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"record_delivery cannot set {', '.join(sorted(unknown))}")
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .values(**values, updated_at=now)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
     def mark_warned(self, order_id: str, now: datetime) -> bool:
         """Record that the at-risk warning was given; True only for the first caller."""
         stmt = (
@@ -904,7 +987,9 @@ class Store:
         reason: str,
         details: Mapping[str, Any] | None,
     ) -> None:
-        log.info(
+        # Outcomes a person must look at are loud: `logs --level warning` finds every one.
+        level = _LOUD.get(to_state, "info")
+        getattr(log, level)(
             "order_state_changed",
             order_id=order_id,
             from_state=from_state.value if from_state else None,

@@ -72,8 +72,14 @@ class CancelSequence:
         max_cancel_attempts: int = MAX_CANCEL_ATTEMPTS,
         settle_seconds: float = SETTLE_SECONDS,
         lease_clock: Callable[[], datetime] | None = None,
+        widen: Callable[[], timedelta] | None = None,
+        notify: Callable[[str, str], object] | None = None,
     ) -> None:
+        """`widen` gives what both margins grow by now (the clock skew's size); `notify` is told
+        ("credentials_rejected", detail) when the provider rejects our credentials."""
         self._ledger = ledger
+        self._widen = widen or (lambda: timedelta(0))
+        self._notify = notify
         self._store = ledger.store
         self._client = client
         self._owner = owner
@@ -89,6 +95,14 @@ class CancelSequence:
         self._settle_period = timedelta(seconds=settle_seconds)
         # Claims are timed by the lease clock (the database's on PostgreSQL), never by `clock`.
         self._lease_clock = lease_clock or ledger.store.lease_now
+
+    @property
+    def _refuse_before(self) -> timedelta:
+        return self._ledger.refuse_before + self._widen()
+
+    @property
+    def _warn_before(self) -> timedelta:
+        return self._ledger.warn_before + self._widen()
 
     def run(self, order: Order) -> Order | None:
         """Work one order we hold the claim on; return it as it ends (None if left for later).
@@ -127,9 +141,7 @@ class CancelSequence:
             if job.refused_in_row:
                 # The last cancel was refused (503): pause before the next, as for a read.
                 delay = backoff_delay(job.refused_in_row - 1, cap=self._pause_cap(), rng=self._rng)
-                if not retry_fits(
-                    self._clock(), delay, job.order.send_at, self._ledger.refuse_before
-                ):
+                if not retry_fits(self._clock(), delay, job.order.send_at, self._refuse_before):
                     decision = margin_closed(job.cancel_sent)
                     break
                 self._check_stopping()
@@ -172,7 +184,7 @@ class CancelSequence:
         if not verify:
             return after_precheck(report)
         now = self._clock()
-        where = window(job.order.send_at, now, self._ledger.warn_before, self._ledger.refuse_before)
+        where = window(job.order.send_at, now, self._warn_before, self._refuse_before)
         settling = job.settle_until is not None and now < job.settle_until
         return after_verify(report, where, cancel_sent=job.cancel_sent, settling=settling)
 
@@ -186,7 +198,7 @@ class CancelSequence:
         now = self._clock()
         left = (job.settle_until - now).total_seconds()
         delay = settle_pause(job.settle_reads, left, cap=self._pause_cap(), rng=self._rng)
-        if not retry_fits(now, delay, job.order.send_at, self._ledger.refuse_before):
+        if not retry_fits(now, delay, job.order.send_at, self._refuse_before):
             return margin_closed(job.cancel_sent)
         self._check_stopping()
         job.settle_reads += 1
@@ -206,9 +218,7 @@ class CancelSequence:
         return min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
 
     def _window(self, job: _Job) -> Window:
-        return window(
-            job.order.send_at, self._clock(), self._ledger.warn_before, self._ledger.refuse_before
-        )
+        return window(job.order.send_at, self._clock(), self._warn_before, self._refuse_before)
 
     def _record_cancelling(self, job: _Job) -> bool:
         """Record `cancelling` (with the attempt) before the call; False if the claim is lost.
@@ -285,14 +295,14 @@ class CancelSequence:
                     return self._client.get_report(job.order.order_id)
             except ProviderAuthError as exc:
                 log.error("provider_credentials_rejected", detail=str(exc))
+                if self._notify is not None:
+                    self._notify("credentials_rejected", str(exc))
                 raise _Abandon("credentials rejected") from exc
             except ProviderError as exc:
                 delay = backoff_delay(failures, cap=self._pause_cap(), rng=self._rng)
                 failures += 1
                 why = f"{type(exc).__name__}: {exc}"
-                fits = retry_fits(
-                    self._clock(), delay, job.order.send_at, self._ledger.refuse_before
-                )
+                fits = retry_fits(self._clock(), delay, job.order.send_at, self._refuse_before)
                 if not fits:
                     return unresolved(job.cancel_sent, why)
                 self._check_stopping()

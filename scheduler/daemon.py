@@ -24,6 +24,7 @@ times, history) is the daemon's `clock`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import random
 import signal
@@ -42,11 +43,15 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
+from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger.config import AlertsConfig, SchedulerConfig
 from ledger.logsetup import configure_logging
+from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
+from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
-from scheduler.provider.client import IletiMerkeziClient
+from scheduler.provider.client import CallObserved, IletiMerkeziClient
 from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
+from scheduler.skew import SkewEstimator
 
 __all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
 
@@ -65,6 +70,8 @@ SERVE_TICK_SECONDS = 0.2
 #: A next pass due this much beyond one interval away means the wall clock stepped back.
 CLOCK_STEP_TOLERANCE = timedelta(seconds=1)
 _PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
+#: An idle daemon logs `daemon_idle` this often, so a hung one is told from an idle one.
+IDLE_LOG_SECONDS = 300.0
 
 
 def lease_for(call_deadline_seconds: float) -> timedelta:
@@ -77,6 +84,13 @@ def lease_for(call_deadline_seconds: float) -> timedelta:
     in-flight call is never taken for a crashed one.
     """
     return timedelta(seconds=2 * call_deadline_seconds + 5)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("smsledger")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -157,9 +171,16 @@ class Daemon:
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
         cancel_settle_seconds: float = 20.0,
+        alerts: AlertsConfig | None = None,
+        max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
+        alert_transport: Any = None,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
-        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`)."""
+        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
+
+        `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
+        of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        """
         if lease is None:
             lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
         self.ledger = ledger
@@ -184,9 +205,37 @@ class Daemon:
         self._ledger_identity = _file_identity(self._ledger_file) if self._ledger_file else None
         #: Set once the ledger file was found removed or replaced: the daemon must end.
         self.ledger_lost = threading.Event()
+        self.version = _version()
+        self.started_at = utcnow()
+        #: The provider's clock against ours, fed by every provider answer's Date header.
+        self.skew = SkewEstimator()
+        self.max_clock_skew_seconds = max_clock_skew_seconds
+        observe = getattr(client, "observe", None)
+        if observe is not None:
+            observe(self._on_call)
+        #: When the provider last rejected our credentials (None: not since the last good answer).
+        self.credentials_rejected_at: datetime | None = None
+        #: `time.monotonic()` and the lease clock at the end of the last pass (None before one).
+        self.last_pass_monotonic: float | None = None
+        self.last_pass_at: datetime | None = None
+        self._last_skew_log: float | None = None
+        self._last_idle_log = time.monotonic()
+        self._sender: AlertSender | None = None
+        if alerts is not None and alerts.enabled:
+            if self._store.alerts is None:
+                self._store.alerts = AlertPolicy(frozenset(alerts.events))
+            self._sender = AlertSender(
+                self._store,
+                alerts,
+                owner=self.owner,
+                lease_clock=self._lease_clock,
+                transport=alert_transport,
+            )
         self.sequence = CancelSequence(
             ledger,
             client,
+            widen=self.skew.widening,
+            notify=self._alert,
             owner=self.owner,
             lease=lease,
             stopping=self._stopping,
@@ -236,6 +285,8 @@ class Daemon:
                     in_flight_left=not drained,
                 )
             report.finished = self._take_finished()
+            if self._sender is not None:
+                self._sender.send_due()
         finally:
             with self._lock:
                 self._collecting -= 1
@@ -256,7 +307,7 @@ class Daemon:
         report.refused = self._batch(
             OrderState.CANCEL_REQUESTED,
             OrderState.CANCEL_REFUSED,
-            due_by=now + self.ledger.refuse_before,
+            due_by=now + self.ledger.refuse_before + self.skew.widening(),
             now=now,
             reason="margin closed before the cancel could be sent",
         )
@@ -272,7 +323,74 @@ class Daemon:
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
+            self._last_idle_log = time.monotonic()
+        elif time.monotonic() - self._last_idle_log >= IDLE_LOG_SECONDS:
+            log.info("daemon_idle", owner=self.owner, in_flight=len(self._inflight))
+            self._last_idle_log = time.monotonic()
+        self._check_skew(now)
+        self._heartbeat()
+        if self._sender is not None:
+            self._sender.wake()
         return report
+
+    # -- operations: heartbeat, clock skew, alerts ------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Record the end of a pass in the ledger (`cancel` and `check` read it) and here."""
+        at = self._lease_clock()
+        heartbeats.beat(
+            self._store,
+            owner=self.owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=self.version,
+            started_at=self.started_at,
+            last_pass_at=at,
+        )
+        self.last_pass_at = at
+        self.last_pass_monotonic = time.monotonic()
+
+    def _on_call(self, call: CallObserved) -> None:
+        """Every provider call's end: the skew estimate, and credentials known good again."""
+        self.skew.observe(call, answered_at=self._clock())  # the clock margins are taken on
+        if call.outcome == "ok":
+            self.credentials_rejected_at = None
+
+    def _check_skew(self, now: datetime) -> None:
+        """Log and alert (each at most once per `RATE_LIMIT`) a skew above the limit."""
+        skew = self.skew.skew_seconds
+        if skew is None or abs(skew) <= self.max_clock_skew_seconds:
+            return
+        tick = time.monotonic()
+        if self._last_skew_log is None or tick - self._last_skew_log >= RATE_LIMIT.seconds:
+            self._last_skew_log = tick
+            log.warning(
+                "clock_skew",
+                skew_seconds=round(skew, 3),
+                max_clock_skew_seconds=self.max_clock_skew_seconds,
+                margins_widened_by_seconds=round(abs(skew), 3),
+            )
+        ahead = "ahead of" if skew > 0 else "behind"
+        self._alert(
+            "clock_skew",
+            f"the provider's clock is {abs(skew):.0f} s {ahead} this host's "
+            f"(limit {self.max_clock_skew_seconds:g} s); margins are widened by it",
+            now=now,
+        )
+
+    def _alert(
+        self, event: str, reason: str, *, order: Order | None = None, now: datetime | None = None
+    ) -> None:
+        """Record an alert that is not a state change (rate-limited in the ledger)."""
+        if event == "credentials_rejected":
+            self.credentials_rejected_at = self._clock()
+        try:
+            raise_alert(
+                self._store, self._store.alerts, event, now=now or self._clock(), reason=reason,
+                order=order,
+            )  # fmt: skip
+        except LedgerError as exc:
+            log.error("alert_not_recorded", alert_event=event, error=str(exc))
 
     def _ledger_file_intact(self) -> bool:
         """False (logged once, `ledger_lost` set) when the SQLite file was removed or replaced."""
@@ -331,7 +449,8 @@ class Daemon:
     def _warn(self, now: datetime) -> int:
         warned = 0
         pending = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-        for order in self._store.unwarned(pending, now + self.ledger.warn_before):
+        warn_by = now + self.ledger.warn_before + self.skew.widening()
+        for order in self._store.unwarned(pending, warn_by):
             if self._store.mark_warned(order.order_id, now):
                 warned += 1
                 log.warning(
@@ -340,6 +459,12 @@ class Daemon:
                     state=order.state.value,
                     seconds_left=round(order.seconds_left(now), 3),
                     attempts=order.cancel_attempts,
+                )
+                self._alert(
+                    "cancel_at_risk",
+                    f"{order.seconds_left(now):.0f} s before dispatch, still {order.state.value}",
+                    order=order,
+                    now=now,
                 )
         return warned
 
@@ -531,12 +656,16 @@ class Daemon:
             id=_PASS_JOB,
         )
         scheduler.start()
+        if self._sender is not None:
+            self._sender.start()
         try:
             while not stop.wait(SERVE_TICK_SECONDS) and not self.ledger_lost.is_set():
                 self._keep_schedule(scheduler, poll_seconds)
         finally:
             scheduler.shutdown(wait=True)
             drained = self.stop()
+            if self._sender is not None:
+                self._sender.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("daemon_stopped", owner=self.owner, in_flight_left=not drained)
@@ -592,6 +721,8 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
+        alerts=config.alerts,
+        max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:

@@ -28,6 +28,7 @@ from scheduler.cli.times import format_countdown, format_local, format_utc
 __all__ = [
     "ERROR_PREFIX",
     "cancel_json",
+    "delivery_json",
     "escape",
     "escape_json",
     "event_json",
@@ -111,7 +112,36 @@ def order_json(order: Order) -> dict[str, Any]:
         "last_provider_code": order.last_provider_code,
         "created_at": format_utc(order.created_at),
         "updated_at": format_utc(order.updated_at),
+        "delivery": delivery_json(order),
     }
+
+
+def delivery_json(order: Order) -> dict[str, Any] | None:
+    """The provider's delivery counters of an order, or None when they were never read."""
+    delivery = order.delivery
+    if delivery is None:
+        return None
+    return {
+        "total": delivery.total,
+        "delivered": delivery.delivered,
+        "undelivered": delivery.undelivered,
+        "waiting": delivery.waiting,
+        "checked_at": format_utc(delivery.checked_at),
+    }
+
+
+def _delivery_text(order: Order) -> str:
+    delivery = order.delivery
+    if delivery is None:
+        return _NONE
+
+    def count(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    return (
+        f"{count(delivery.delivered)} delivered, {count(delivery.undelivered)} undelivered, "
+        f"{count(delivery.waiting)} waiting of {count(delivery.total)}"
+    )
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -212,6 +242,8 @@ def status_lines(order: Order, zone: ZoneInfo, now: datetime) -> list[str]:
             "provider code",
             _NONE if order.last_provider_code is None else str(order.last_provider_code),
         ),
+        ("delivery", _delivery_text(order)),
+        ("delivery read", when(order.delivery_checked_at)),
         ("registered", when(order.created_at)),
         ("updated", when(order.updated_at)),
     ]

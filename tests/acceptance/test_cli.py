@@ -173,7 +173,9 @@ def test_register_then_read_it_back_in_every_form(work: Path) -> None:
         "last_provider_code",
         "created_at",
         "updated_at",
+        "delivery",
     }
+    assert order["delivery"] is None  # never read from the provider yet
     assert order["order_id"] == "312891245"
     assert order["state"] == "scheduled"
     assert order["send_at"] == "2030-01-01T07:00:00Z"

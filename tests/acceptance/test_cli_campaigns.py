@@ -21,6 +21,7 @@ import pytest
 from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger, run_command
 
 from ledger import Ledger, OrderState
+from ledger.heartbeats import NO_DAEMON
 
 pytestmark = needs_smsledger
 
@@ -67,7 +68,7 @@ def test_cancel_json_reports_each_id_and_exits_with_the_worst_outcome(
         {"order_id": "ghost", "state": None, "outcome": "unknown"},
     ]
     assert body["earliest_refused_send_at"] is not None
-    assert mixed.err == "", "with --json, stdout is the whole answer"
+    assert mixed.err_lines == [f"warning: {NO_DAEMON}"], "stdout is the whole answer"
     assert (refused.code, refused.json()["final"], refused.json()["already"]) == (1, 1, 1)
     assert (fine.code, fine.json()["already"]) == (0, 2)
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from helpers import FakeClock
 from postgres import ENGINES, ledger_url_for
 
@@ -22,6 +23,8 @@ from ledger import (
     OrderState,
 )
 from ledger.api import CANCEL_BATCH
+from ledger.config import ALERT_EVENTS
+from ledger.outbox import AlertPolicy, alerts_t
 
 T0 = datetime(2030, 6, 1, 9, 0, tzinfo=UTC)
 S = OrderState
@@ -162,6 +165,8 @@ def test_each_order_ends_exactly_as_request_cancel_would_leave_it(
     ):
         expected = build(one, one_clock)
         build(many, clock)
+        for ledger in (one, many):  # refusals alert, in the transaction that refuses
+            ledger.store.alerts = AlertPolicy(frozenset(ALERT_EVENTS))
         for oid in expected:
             with contextlib.suppress(CancelNotPossible):
                 one.request_cancel(oid)
@@ -179,7 +184,17 @@ def test_each_order_ends_exactly_as_request_cancel_would_leave_it(
                 for oid, o in ledger.get_many(expected).items()
             }  # fmt: skip
 
+        def alerts(ledger: Ledger) -> list[tuple[object, ...]]:
+            with ledger.store.read() as conn:
+                rows = conn.execute(
+                    sa.select(alerts_t.c.event, alerts_t.c.order_id, alerts_t.c.state,
+                              alerts_t.c.reason, alerts_t.c.text)
+                ).all()  # fmt: skip
+            return sorted(tuple(r) for r in rows)
+
         assert story(many) == story(one)
+        refused = alerts(many)
+        assert len(refused) == 150 and refused == alerts(one)
 
 
 def test_a_dry_run_says_what_would_happen_and_writes_nothing(

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -85,6 +85,7 @@ def do_call(client: IletiMerkeziClient, endpoint: str, order_id: str) -> object:
         "get-report": lambda: client.get_report(order_id),
         "cancel-order": lambda: client.cancel_order(order_id),
         "get-balance": client.get_balance,
+        "get-reports": lambda: client.get_reports(date(2026, 11, 25), date(2026, 12, 4)),
     }
     return calls[endpoint]()
 

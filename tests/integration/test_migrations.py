@@ -411,7 +411,9 @@ def test_a_ledger_at_revision_0002_gets_the_prefixed_names_keeping_its_rows_and_
 
     new = snapshot(store)
     assert {"orders", "order_events"} & set(new) == set()
-    assert new["smsledger_orders"] == old["orders"]
+    # Revision 0004 adds the delivery counters at the end of each row, null.
+    assert [row[: len(row) - 5] for row in new["smsledger_orders"]] == old["orders"]
+    assert all(row[-5:] == (None,) * 5 for row in new["smsledger_orders"])
     assert new["smsledger_order_events"] == old["order_events"]
     with Ledger(ledger_url, clock=lambda: T0) as ledger:
         assert [e.to_state for e in ledger.history("old-1")] == [
@@ -470,24 +472,63 @@ def test_revision_0003_goes_down_to_the_old_names_with_the_rows_and_up_again(
         assert [o.order_id for o in ledger.orders()] == ["old-1", "old-2"]
 
 
-def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
+def test_revision_0004_adds_null_delivery_counters_and_goes_down_again(
     ledger_url: str, store: Store
 ) -> None:
+    """An existing ledger gains the delivery columns, all null, its rows untouched."""
     make_v0_ledger(store)
     upgrade_to(store, "0003")
     at_0003 = (schema_names(store), snapshot(store))
     migrate(ledger_url)
-    at_head = schema_names(store)
+    with Ledger(ledger_url) as ledger:
+        assert [(o.order_id, o.delivery) for o in ledger.orders()] == [
+            ("old-1", None),
+            ("old-2", None),
+        ]
 
     with store.schema_lock() as conn:
         command.downgrade(alembic_config(connection=conn), "0003")
+    assert (schema_names(store), snapshot(store)) == at_0003
+    migrate(ledger_url)
+    assert versions(store) == [HEAD]
+
+
+def test_revision_0005_adds_the_alerts_and_daemons_tables_and_goes_down_without_them(
+    ledger_url: str, store: Store
+) -> None:
+    migrate(ledger_url)
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"smsledger_alerts", "smsledger_daemons"} <= tables
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0004")
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    migrate(ledger_url)
+
+    assert not {"smsledger_alerts", "smsledger_daemons"} & tables
+    assert versions(store) == [HEAD]
+
+
+def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0005")
+    before = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+    at_head = schema_names(store)
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0005")
     down = (schema_names(store), snapshot(store))
     migrate(ledger_url)
 
     index = "ix_smsledger_orders_label_order_id"
-    assert index not in {name for _, name in at_0003[0]}
+    assert index not in {name for _, name in before[0]}
     assert index in {name for _, name in at_head}
-    assert down == at_0003
+    assert down == before
     assert versions(store) == [HEAD]
 
 

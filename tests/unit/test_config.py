@@ -360,7 +360,84 @@ def test_the_redacted_config_shows_missing_credentials_as_missing() -> None:
     redacted = load_config(None, environ={}).redacted()
 
     assert (redacted["api"]["key"], redacted["api"]["hash"]) == ("<missing>", "<missing>")
-    assert set(redacted) == {"timezone", "source", "ledger", "windows", "api", "scheduler", "log"}
+    assert set(redacted) == {
+        "timezone", "source", "ledger", "windows", "api", "scheduler", "log", "alerts", "metrics",
+        "reconcile",
+    }  # fmt: skip
+
+
+def test_alerts_config_reads_events_and_the_secret_from_the_environment(
+    write_config: Callable[[str], Path],
+) -> None:
+    config = load_config(
+        write_config(
+            '[alerts]\nwebhook_url = "https://hooks.example/T0/B1/s3cr3t-path"\n'
+            'events = ["needs_attention", "cancelled"]\ntimeout_seconds = 2\n'
+        ),
+        environ={"SMSLEDGER_ALERT_SECRET": "hmac-secret-42"},
+    )
+
+    assert config.alerts.events == ("needs_attention", "cancelled")
+    assert config.alerts.secret == "hmac-secret-42"
+    assert config.alerts.timeout_seconds == 2.0
+    text = json.dumps(config.redacted()) + repr(config)
+    assert "hmac-secret-42" not in text
+    assert "s3cr3t-path" not in text
+    assert config.redacted()["alerts"]["webhook_url"] == "https://hooks.example/..."
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[alerts]\nevents = ["needs_attention", "oops"]', "unknown event 'oops'"),
+        ('[alerts]\nevents = "needs_attention"', "alerts.events in"),
+        ('[alerts]\nwebhook_url = "ftp://x"', "must start with http"),
+        ('[metrics]\nlisten = "9464"', "not HOST:PORT"),
+        ("[scheduler]\nmax_clock_skew_seconds = 0", "must be positive"),
+    ],
+)
+def test_bad_operations_keys_are_refused_naming_the_key(
+    write_config: Callable[[str], Path], toml: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(toml), environ={})
+
+
+def test_the_reconcile_section_has_its_defaults_and_reads_its_keys(
+    write_config: Callable[[str], Path],
+) -> None:
+    defaults = load_config(None, environ={}).reconcile
+    assert (
+        defaults.days,
+        defaults.import_label,
+        defaults.every_seconds,
+        defaults.follow_up_seconds,
+        defaults.recheck_seconds,
+    ) == (10, "imported", 900.0, 600.0, 300.0)
+    config = load_config(
+        write_config('[reconcile]\ndays = 3\nimport_label = "panel"\nevery_seconds = 0'),
+        environ={},
+    )
+    assert (config.reconcile.days, config.reconcile.import_label) == (3, "panel")
+    assert config.reconcile.every_seconds == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("days = 0", "reconcile.days"),
+        ("days = 2.5", "reconcile.days"),
+        ('import_label = "a\\nb"', "reconcile.import_label"),
+        ("every_seconds = -1", "reconcile.every_seconds"),
+        ("recheck_seconds = 0", "reconcile.recheck_seconds"),
+        ("follow_up_seconds = nan", "reconcile.follow_up_seconds"),
+    ],
+)
+def test_bad_reconcile_values_are_refused_naming_the_key(
+    write_config: Callable[[str], Path], text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(f"[reconcile]\n{text}"), environ={})
 
 
 def test_the_redacted_config_and_its_repr_hide_a_database_password_in_the_ledger_url(
