@@ -7,8 +7,10 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
+from sqlalchemy.engine import Connection
 
 from ledger._clock import ensure_aware, utcnow
 from ledger.campaigns import LabelSummary
@@ -29,6 +31,7 @@ from ledger.errors import (
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
@@ -60,6 +63,9 @@ _REGISTER_TRIES = 3
 #: Orders one transaction of `Ledger.request_cancel_many` decides and writes: a campaign of
 #: 100,000 holds the write lock 200 times briefly instead of once for long.
 CANCEL_BATCH = 500
+#: The reason recorded for a new order.
+_REGISTERED = "registered"
+_T = TypeVar("_T")
 
 
 def check_order_id(order_id: object) -> str:
@@ -139,6 +145,28 @@ def os_user() -> str:
         return "unknown"
 
 
+def _new_order(
+    order_id: str, send_at: datetime, label: str | None, now: datetime, reason: str
+) -> Order:
+    """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
+    return Order(
+        order_id=order_id,
+        send_at=send_at,
+        state=OrderState.SCHEDULED,
+        label=label,
+        reason=reason,
+        cancel_requested_at=None,
+        cancel_attempts=0,
+        check_attempts=0,
+        last_provider_code=None,
+        warned_at=None,
+        claim_owner=None,
+        claim_expires_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 class Ledger:
     """The durable record of scheduled orders; safe to use from several processes at once.
 
@@ -158,23 +186,15 @@ class Ledger:
         self,
         url: str = "sqlite:///smsledger.db",
         *,
-        warn_before: timedelta = timedelta(minutes=15),
-        refuse_before: timedelta = timedelta(minutes=5),
+        warn_before: timedelta = DEFAULT_WARN_BEFORE,
+        refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
         must_exist: bool = False,
     ) -> None:
-        if refuse_before < timedelta(0):
-            raise InvalidInput("refuse_before must not be negative")
-        if refuse_before >= warn_before:
-            raise InvalidInput(
-                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
-                f"warn_before ({warn_before.total_seconds():g} s)"
-            )
-        self.warn_before = warn_before
-        self.refuse_before = refuse_before
+        self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
         self.store = Store(
             url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
@@ -223,6 +243,14 @@ class Ledger:
             ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
         return ledger
 
+    @property
+    def warn_before(self) -> timedelta:
+        return self.margins.warn_before
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return self.margins.refuse_before
+
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
         return self._clock()
@@ -247,7 +275,7 @@ class Ledger:
         send_at: datetime,
         label: str | None = None,
         *,
-        reason: str = "registered",
+        reason: str = _REGISTERED,
     ) -> Order:
         """Record a scheduled order; registering the same id and time again changes nothing.
 
@@ -256,41 +284,21 @@ class Ledger:
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
-        for attempt in range(_REGISTER_TRIES):
-            now = self.now()
-            try:
-                with self.store.write() as conn:
-                    existing = self.store.get(oid, conn)
-                    if existing is not None:
-                        if existing.send_at != when:
-                            raise RegistrationConflict(oid, existing.send_at, when)
-                        return existing
-                    self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, reason)
-                    order = Order(
-                        order_id=oid,
-                        send_at=when,
-                        state=OrderState.SCHEDULED,
-                        label=label,
-                        reason=reason,
-                        cancel_requested_at=None,
-                        cancel_attempts=0,
-                        check_attempts=0,
-                        last_provider_code=None,
-                        warned_at=None,
-                        claim_owner=None,
-                        claim_expires_at=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-            except ConcurrentRegistration:
-                if attempt + 1 == _REGISTER_TRIES:
-                    raise
-                continue  # the other process's row is committed now: decide again on it
-            assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, reason, None)
-            return order
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def decide(conn: Connection, now: datetime) -> tuple[Order, bool]:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing, False
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, reason)
+            return _new_order(oid, when, label, now, reason), True
+
+        order, is_new = self._register_retrying(decide)
+        if is_new:
+            self.store.log_registered([oid], reason)
+        return order
 
     def register_many(
         self,
@@ -325,25 +333,36 @@ class Ledger:
             batch[oid] = (oid, when, item_label)
         if not batch:
             return Registered(0, already=repeated)
+
+        def decide(conn: Connection, now: datetime) -> tuple[list[str], int]:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, _REGISTERED)
+            return [oid for oid, _when, _label in new], len(existing)
+
+        new_ids, known = self._register_retrying(decide)
+        self.store.log_registered(new_ids, _REGISTERED)
+        log.info("orders_registered", count=len(new_ids), already_known=known)
+        return Registered(len(new_ids), already=known + repeated)
+
+    def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
+        """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
+
+        A registration that lost a race to another process (PostgreSQL only) is rolled back; the
+        other process's rows are committed by then, so deciding again sees them.
+        """
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
                 with self.store.write() as conn:
-                    existing = self.store.existing_send_times(conn, list(batch))
-                    for oid, when in existing.items():
-                        if batch[oid][1] != when:
-                            raise RegistrationConflict(oid, when, batch[oid][1])
-                    new = [row for oid, row in batch.items() if oid not in existing]
-                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
-                    self.store.insert_new(conn, new, now, "registered")
+                    return decide(conn, now)
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
-                continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
-            return Registered(len(new), already=len(existing) + repeated)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -397,7 +416,7 @@ class Ledger:
         raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
 
     def _decide(self, order: Order, now: datetime) -> CancelDecision:
-        return decide_cancel(order, now, self.warn_before, self.refuse_before)
+        return decide_cancel(order, now, self.margins)
 
     def _log_close_to_dispatch(self, order_id: str, seconds_left: float) -> None:
         log.warning(

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from ledger.errors import CancelNotPossible, CancelRefused
-from ledger.margins import Window, window
+from ledger.margins import Margins, Window
 from ledger.models import Order
 from ledger.states import OrderState
 
@@ -61,24 +61,16 @@ class CancelDecision:
     reason: str | None = None
 
 
-def decide_cancel(
-    order: Order, now: datetime, warn_before: timedelta, refuse_before: timedelta
-) -> CancelDecision:
-    """Decide what asking to cancel `order` at `now` does, under the two margins."""
+def decide_cancel(order: Order, now: datetime, margins: Margins) -> CancelDecision:
+    """Decide what asking to cancel `order` at `now` does, under the margins."""
     left = order.seconds_left(now)
     if order.state in ALREADY_CANCELLING:
         return CancelDecision(CancelOutcome.ALREADY, left)
     if order.state is not OrderState.SCHEDULED:
         return CancelDecision(CancelOutcome.FINAL, left)
-    where = window(order.send_at, now, warn_before, refuse_before)
-    if where is Window.PAST:
-        reason = f"send time passed {abs(left):.0f} s ago"
-        return CancelDecision(CancelOutcome.REFUSED, left, OrderState.CANCEL_REFUSED, reason)
-    if where is Window.REFUSE:
-        reason = (
-            f"inside the refuse margin: {left:.0f} s before dispatch "
-            f"(refuse_before is {refuse_before.total_seconds():g} s)"
-        )
+    where = margins.window(order.send_at, now)
+    if where in (Window.REFUSE, Window.PAST):
+        reason = margins.refusal(order.send_at, now)
         return CancelDecision(CancelOutcome.REFUSED, left, OrderState.CANCEL_REFUSED, reason)
     outcome = CancelOutcome.WARNED if where is Window.WARN else CancelOutcome.REQUESTED
     return CancelDecision(outcome, left, OrderState.CANCEL_REQUESTED, "cancel requested")

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger._urls import display_url
 from ledger.errors import ConfigError
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, margins_problem
 
 __all__ = [
     "ALERT_EVENTS",
@@ -31,6 +32,7 @@ __all__ = [
     "LedgerConfig",
     "LogConfig",
     "MetricsConfig",
+    "ObserveConfig",
     "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
@@ -64,8 +66,8 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    warn_before_seconds: float = 900.0
-    refuse_before_seconds: float = 300.0
+    warn_before_seconds: float = DEFAULT_WARN_BEFORE.total_seconds()
+    refuse_before_seconds: float = DEFAULT_REFUSE_BEFORE.total_seconds()
 
     @property
     def warn_before(self) -> timedelta:
@@ -74,6 +76,10 @@ class WindowsConfig:
     @property
     def refuse_before(self) -> timedelta:
         return timedelta(seconds=self.refuse_before_seconds)
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(self.warn_before, self.refuse_before)
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """Probing `scheduled` orders to learn the provider's queue lead (see `smsledger margins`)."""
+
+    #: Orders newly probed per rolling day; 0 turns probing off (answers are still kept).
+    probe_orders_per_day: int = 24
+    #: The most probe calls one order gets.
+    max_probes_per_order: int = 12
+
+
+@dataclass(frozen=True)
 class ReconcileConfig:
     """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
 
@@ -169,6 +185,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
@@ -222,6 +239,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "alerts": AlertsConfig,
     "metrics": MetricsConfig,
+    "observe": ObserveConfig,
     "reconcile": ReconcileConfig,
 }
 
@@ -373,13 +391,15 @@ def _check_type(
 
 def _check_values(config: Config, where: str) -> None:
     w = config.windows
-    if w.refuse_before_seconds < 0:
-        raise ConfigError(f"windows.refuse_before_seconds{where} must not be negative")
-    if w.refuse_before_seconds >= w.warn_before_seconds:
-        raise ConfigError(
-            f"windows.refuse_before_seconds ({w.refuse_before_seconds:g}){where} must be smaller "
-            f"than windows.warn_before_seconds ({w.warn_before_seconds:g})"
-        )
+    problem = margins_problem(
+        w.warn_before_seconds,
+        w.refuse_before_seconds,
+        names=("windows.warn_before_seconds", "windows.refuse_before_seconds"),
+        unit="",
+        where=where,
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     if config.api.timeout_seconds <= 0:
         raise ConfigError(f"api.timeout_seconds{where} must be positive")
     if not config.api.base_url.startswith(("http://", "https://")):
@@ -393,6 +413,7 @@ def _check_values(config: Config, where: str) -> None:
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
     _check_operations(config, where)
+    _check_observe(config.observe, where)
     _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
@@ -437,6 +458,13 @@ def _check_listen(text: str, key: str) -> None:
         parse_listen(text)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_observe(observe: ObserveConfig, where: str) -> None:
+    if observe.probe_orders_per_day < 0:
+        raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
+    if observe.max_probes_per_order < 1:
+        raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")
 
 
 def _check_reconcile(r: ReconcileConfig, where: str) -> None:

@@ -1,12 +1,7 @@
-"""Every query the ledger runs; the one module that opens database connections.
+"""Every query the ledger runs: reads, claims and the one guarded transition.
 
-SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
-writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
-its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
-
-Claims are timed by one clock, `Store.lease_now`: the database server's on PostgreSQL (daemons
-on several hosts share the ledger, not their clocks), the host's on SQLite (every process that
-opens the file runs on that host). Business time (send times, history) stays on the callers'.
+Connections, transactions and what database errors mean live in `ledger.db.Database`; a `Store`
+holds one (`store.db`) and only says what to read and write.
 
 PostgreSQL runs the same statements at READ COMMITTED: every guarded update re-reads the row it
 waited for, so its ``WHERE state = :expected`` still decides; claims of several rows at once use
@@ -15,27 +10,21 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
-from ledger._clock import utcnow
-from ledger._urls import UNPARSABLE, display_url
-from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
+from ledger._urls import display_url
+from ledger.db import Database
+from ledger.errors import IllegalTransition, LedgerError
 from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
 from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
@@ -47,7 +36,6 @@ log = structlog.get_logger("smsledger.ledger")
 orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _ORDER_COLUMNS = [c.name for c in orders_t.columns]
-_WRITE = "smsledger_write"
 _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
 #: Built once, parameters bound at execution: building a statement per call costs more than
 #: running it (SQLAlchemy coerces every literal and computes a cache key each time).
@@ -92,11 +80,6 @@ _LOUD = {
     OrderState.CANCEL_REFUSED: "warning",
     OrderState.NOT_FOUND: "warning",
 }
-
-#: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
-_SCHEMA_LOCK = (
-    "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
-)
 
 
 class ConcurrentRegistration(LedgerError):
@@ -156,211 +139,65 @@ def _datetime_to_db(dialect: Dialect) -> Any:
     return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
 
-def _enable_wal(cursor: Any, busy_timeout: float) -> None:
-    """Switch a SQLite database to WAL, waiting for other processes doing the same.
-
-    Turning a new file to WAL needs its exclusive lock, and SQLite answers "database is locked"
-    at once instead of calling the busy handler when several processes open it together.
-    """
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-        else:
-            return
-
-
-def _is_unusable(exc: BaseException) -> bool:
-    """Whether a database error means the database cannot be used at all (unreachable, locked,
-    damaged, not a database) rather than that a statement was wrong (a constraint, a bug).
-
-    SQLite reports a file that is no database, or a damaged one, as a bare ``DatabaseError``.
-    """
-    return isinstance(exc, sa.exc.OperationalError) or type(exc) is sa.exc.DatabaseError
-
-
-def _existing_sqlite_file(parsed: sa.URL) -> sa.URL:
-    """`parsed` as a URI that opens the file read-write without creating it; `NoLedger` if the
-    file is not there. In-memory and URI databases are returned as they are."""
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return parsed
-    path = Path(database).absolute()
-    try:
-        why = "the file is empty" if path.stat().st_size == 0 else None
-    except FileNotFoundError:
-        why = "no such file"
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-    if why is not None:  # opening an empty file would write a database header into it
-        raise NoLedger(
-            f"no ledger exists at {path} ({why}); check ledger.url, or create one with "
-            "'smsledger migrate'"
-        )
-    return parsed.set(
-        database=f"file:{quote(str(path))}",
-        query={**parsed.query, "mode": "rw", "uri": "true"},
-    )
-
-
 class Store:
-    """Owns the engine and runs every query of the ledger."""
+    """Runs every query of the ledger over one `Database` (`store.db`)."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Database,
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         must_exist: bool = False,
     ) -> None:
-        """Open (lazily) the database at `url`.
-
-        `must_exist`: a SQLite file that is not there raises `NoLedger` instead of being created,
-        and is opened read-write without create, so one removed later is not made again either.
-        """
-        self.url = url
+        """Query the database at `url` (opened lazily, see `Database`), or an open `Database`."""
+        self.db = (
+            url
+            if isinstance(url, Database)
+            else Database(
+                url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+            )
+        )
         #: Which state changes write an alert in their own transaction (None: alerts are off).
         self.alerts: AlertPolicy | None = None
-        try:
-            parsed = sa.make_url(url)
-        except sa.exc.ArgumentError:
-            shown = display_url(url)
-            raise LedgerUnavailable(
-                f"ledger URL {'' if shown == UNPARSABLE else shown + ' '}is not a database URL "
-                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-            ) from None
-        self.dialect = parsed.get_backend_name()
-        if must_exist and self.dialect == "sqlite":
-            parsed = _existing_sqlite_file(parsed)
-        kwargs: dict[str, Any] = {}
-        if self.dialect == "sqlite":
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
-        else:
-            # A daemon outlives server restarts and idle-connection reapers.
-            kwargs["pool_pre_ping"] = True
-        try:
-            self.engine: Engine = sa.create_engine(parsed, **kwargs)
-        except (ImportError, sa.exc.NoSuchModuleError) as exc:
-            hint = ""
-            if self.dialect == "postgresql":
-                hint = (
-                    "; PostgreSQL ledgers need psycopg 3: pip install 'smsledger[postgres]' and "
-                    "use a postgresql+psycopg:// URL"
-                )
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}{hint}") from None
-        except sa.exc.ArgumentError as exc:
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
-        # SQLite has one writer: this process's threads queue here in order instead of polling
-        # for the file lock in SQLite's busy handler, which sleeps up to 100 ms between tries.
-        self._write_lock: Any = (
-            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
-        if self.dialect == "sqlite":
-            self._setup_sqlite(synchronous.upper(), busy_timeout)
 
-    def _setup_sqlite(self, synchronous: str, busy_timeout: float) -> None:
-        @sa_event.listens_for(self.engine, "connect")
-        def _connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" event below decide how transactions start.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            _enable_wal(cursor, busy_timeout)
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.close()
+    # -- the database (thin delegations: callers and tests open transactions through the store) -
 
-        @sa_event.listens_for(self.engine, "begin")
-        def _begin(conn: Connection) -> None:
-            if conn.get_execution_options().get(_WRITE):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                conn.exec_driver_sql("BEGIN")
+    @property
+    def url(self) -> str:
+        return self.db.url
 
-    # -- connections ---------------------------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self._write_lock, self._transaction(write=True) as conn:
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only transaction (a consistent snapshot)."""
-        with self._transaction(write=False) as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            conn = self.engine.connect()
-        except (sa.exc.DatabaseError, sa.exc.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        try:
-            if write:
-                conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
-        except sa.exc.DatabaseError as exc:
-            if not _is_unusable(exc):
-                raise
-            raise self._unavailable(exc) from exc
-        finally:
-            conn.close()
-
-    @contextmanager
-    def schema_lock(self) -> Iterator[Connection]:
-        """A write transaction that no other process migrating this ledger runs beside.
-
-        SQLite: ``BEGIN IMMEDIATE`` holds the database's write lock. PostgreSQL: a transaction
-        advisory lock keyed by the current schema, released at commit or rollback. DDL is
-        transactional on both, so a migration interrupted half-way leaves nothing behind.
-        """
-        with self.write() as conn:
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql(_SCHEMA_LOCK)
-            yield conn
-
-    def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> LedgerUnavailable:
-        orig = getattr(exc, "orig", None)
-        detail = " ".join((str(orig) if orig is not None else str(exc)).split())
-        if _is_unusable(exc) and not isinstance(exc, sa.exc.OperationalError):
-            return LedgerUnavailable(
-                f"ledger {display_url(self.url)} is damaged or not a database ({detail}); "
-                "restore it from a backup, or point ledger.url at the right file"
-            )
-        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
 
     @property
     def database_file(self) -> Path | None:
         """The SQLite database file (absolute), None for an in-memory or server database."""
-        if self.dialect != "sqlite":
-            return None
-        database = self.engine.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).absolute()
+        return self.db.database_file
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        return self.db.write()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A read-only transaction (a consistent snapshot)."""
+        return self.db.read()
+
+    def schema_lock(self) -> AbstractContextManager[Connection]:
+        """A write transaction that no other process migrating this ledger runs beside."""
+        return self.db.schema_lock()
 
     def lease_now(self) -> datetime:
-        """The time claims are taken, renewed and compared by (aware UTC).
+        """The time claims are taken, renewed and compared by (see `Database.lease_now`)."""
+        return self.db.lease_now()
 
-        PostgreSQL: the server's ``clock_timestamp()``, one clock for daemons on several hosts.
-        SQLite: the host's clock, which every process using the file shares.
-        """
-        if self.dialect != "postgresql":
-            return utcnow()
-        with self.read() as conn:
-            value: datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
-        return value.astimezone(UTC)
+    def dispose(self) -> None:
+        self.db.dispose()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -584,6 +421,11 @@ class Store:
                 [(oid, now_db, state, reason) for oid, _send_at, _label in rows],
             )
         )
+
+    def log_registered(self, order_ids: Iterable[str], reason: str) -> None:
+        """Log the registration of orders `insert_new` wrote, once their transaction committed."""
+        for order_id in order_ids:
+            self._log_change(order_id, None, OrderState.SCHEDULED, reason, None)
 
     @staticmethod
     def _insert_orders(

@@ -16,6 +16,8 @@ A pass, in order:
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
+7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
+   dispatch on a thread of its own, to learn the provider's queue lead.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -31,7 +33,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,14 +47,22 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger.config import AlertsConfig, SchedulerConfig
 from ledger.logsetup import configure_logging
+from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
+from scheduler.claims import (
+    forget_live_owner,
+    lease_for,
+    make_owner,
+    note_live_owner,
+    owner_is_gone,
+)
+from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
-from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 from scheduler.skew import SkewEstimator
 
-__all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
+__all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
 
 log = structlog.get_logger("smsledger.daemon")
 
@@ -74,18 +83,6 @@ _PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
 IDLE_LOG_SECONDS = 300.0
 
 
-def lease_for(call_deadline_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal: twice the provider call deadline plus 5 s.
-
-    Every provider call ends within one overall deadline (`IletiMerkeziClient.call_deadline`,
-    config `api.timeout_seconds`), so half the lease covers one whole call with 2.5 s to spare.
-    The sequence renews the claim before each call once a quarter of the lease is gone, so what is
-    left covers that call and one backoff wait (at most a quarter lease): a live daemon's
-    in-flight call is never taken for a crashed one.
-    """
-    return timedelta(seconds=2 * call_deadline_seconds + 5)
-
-
 def _version() -> str:
     try:
         return importlib.metadata.version("smsledger")
@@ -100,34 +97,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-#: Owner ids of the daemons alive in this process (tests and benchmarks run several).
-_LIVE_OWNERS: set[str] = set()
-
-
-def make_owner() -> str:
-    """A claim owner id: host, pid and a random part (pids are reused after restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_gone(owner: str, me: str) -> bool:
-    """True when `owner` was a process of this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        # Our pid: a daemon of this very process, or an earlier incarnation that had the pid.
-        return owner not in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass
@@ -174,18 +143,22 @@ class Daemon:
         alerts: AlertsConfig | None = None,
         max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
         alert_transport: Any = None,
+        probe_orders_per_day: int = 0,
+        max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
         to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
 
         `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
         of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
+        `[observe]`); the answers of the cancel sequence are kept either way.
         """
         if lease is None:
-            lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
+            lease = lease_for(client.call_deadline)
         self.ledger = ledger
         self.owner = owner or make_owner()
-        _LIVE_OWNERS.add(self.owner)
+        note_live_owner(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
         self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
@@ -231,6 +204,16 @@ class Daemon:
                 lease_clock=self._lease_clock,
                 transport=alert_transport,
             )
+        recorder = LeadRecorder(ledger)
+        self.prober = Prober(
+            ledger,
+            client,
+            recorder,
+            orders_per_day=probe_orders_per_day,
+            max_per_order=max_probes_per_order,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -244,6 +227,7 @@ class Daemon:
             sleep=sleep,
             rng=rng,
             settle_seconds=cancel_settle_seconds,
+            recorder=recorder,
         )
 
     # -- one pass ------------------------------------------------------------------------------
@@ -307,9 +291,9 @@ class Daemon:
         report.refused = self._batch(
             OrderState.CANCEL_REQUESTED,
             OrderState.CANCEL_REFUSED,
-            due_by=now + self.ledger.refuse_before + self.skew.widening(),
+            due_by=now + self._margins().refuse_before,
             now=now,
-            reason="margin closed before the cancel could be sent",
+            reason=MARGIN_CLOSED,
         )
         report.warned = self._warn(now)
         report.dispatched = self._batch(
@@ -320,6 +304,7 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        self.prober.start(now, self._cancels_waiting)
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
@@ -392,6 +377,10 @@ class Daemon:
         except LedgerError as exc:
             log.error("alert_not_recorded", alert_event=event, error=str(exc))
 
+    def _margins(self) -> Margins:
+        """The ledger's margins, widened by the provider's clock skew as it stands now."""
+        return self.ledger.margins.widened(self.skew.widening())
+
     def _ledger_file_intact(self) -> bool:
         """False (logged once, `ledger_lost` set) when the SQLite file was removed or replaced."""
         if self._ledger_file is None:
@@ -425,7 +414,7 @@ class Daemon:
             OrderState.CANCEL_REFUSED,
             due_by=now,
             now=now,
-            reason="send time passed before a cancel could be sent",
+            reason=SEND_TIME_PASSED_UNSENT,
         )
 
     def _batch(
@@ -449,7 +438,7 @@ class Daemon:
     def _warn(self, now: datetime) -> int:
         warned = 0
         pending = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-        warn_by = now + self.ledger.warn_before + self.skew.widening()
+        warn_by = now + self._margins().warn_before
         for order in self._store.unwarned(pending, warn_by):
             if self._store.mark_warned(order.order_id, now):
                 warned += 1
@@ -601,10 +590,25 @@ class Daemon:
                 self._workers -= 1
                 self._lock.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no worker runs; False if `timeout` ran out first."""
+    def _cancels_waiting(self) -> bool:
+        """Whether a cancel request waits for a worker (then the prober makes no call)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+            if self._ready:
+                return True
+            exclude = self._busy(self._clock())
+        waiting = self._store.claimable(
+            OrderState.CANCEL_REQUESTED, self._lease_clock(), limit=1, exclude=exclude
+        )
+        return bool(waiting)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker (nor the prober) runs; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._workers == 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.prober.wait_idle(left)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
         """Stop taking work and give in-flight sequences `grace` seconds to end.
@@ -622,7 +626,7 @@ class Daemon:
         drained = self.wait_idle(grace)
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
-            _LIVE_OWNERS.discard(self.owner)
+            forget_live_owner(self.owner)
         return drained
 
     # -- the long-running loop -----------------------------------------------------------------
@@ -717,12 +721,13 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         ledger,
         client,
         max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
-        lease=lease_for(config.api.timeout_seconds),
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
         alerts=config.alerts,
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
+        probe_orders_per_day=config.observe.probe_orders_per_day,
+        max_probes_per_order=config.observe.max_probes_per_order,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:

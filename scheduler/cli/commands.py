@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -49,7 +49,7 @@ from ledger._urls import display_url
 from ledger.api import check_label, check_order_id
 from ledger.cancels import ON_TRACK, refusal
 from ledger.config import ENV_CONFIG, config_search_path, find_config_path, webhook_host
-from ledger.margins import Window, window
+from ledger.margins import Window
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -75,6 +75,7 @@ from scheduler.cli.output import (
     event_json,
     history_table,
     label_summary_json,
+    margins_lines,
     order_json,
     order_table,
     say,
@@ -400,7 +401,7 @@ def _report_cancels_by_id(ledger: Ledger, results: list[CancelResult], zone: Zon
         elif result.outcome is CancelOutcome.WARNED:
             _warn_close(order, now)
         elif order.state is not OrderState.CANCELLED:  # asked again: still say it is close
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
+            where = ledger.margins.window(order.send_at, now)
             if where is Window.WARN:
                 _warn_close(order, now)
     if shown:
@@ -860,6 +861,29 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
+
+
 def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.reconciling import (  # noqa: PLC0415 -- loads only for `reconcile`
         ReconcileIncomplete,
@@ -947,6 +971,7 @@ HANDLERS: dict[str, Handler] = {
     "check": _cmd_check,
     "migrate": _cmd_migrate,
     "alerts": _cmd_alerts,
+    "margins": _cmd_margins,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
 }

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from ledger import CancelSummary, Event, LabelSummary, Order
 from ledger.api import is_control
+from ledger.leads import Bracket, MarginReport, histogram
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "event_json",
     "history_table",
     "label_summary_json",
+    "margins_lines",
     "order_json",
     "order_table",
     "pair",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 _NONE = "-"
+#: Characters of the longest bar of a text histogram.
+HISTOGRAM_WIDTH = 40
 
 #: How every error line of the command starts (argparse's included).
 ERROR_PREFIX = "smsledger: error: "
@@ -290,3 +294,32 @@ def summary_table(summaries: Iterable[LabelSummary], zone: ZoneInfo) -> list[str
         for s in summaries
     ]
     return table(("LABEL", "ORDERS", "NEXT SEND", "AT RISK", "STATES"), rows)
+
+
+def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) -> list[str]:
+    """`smsledger margins` for people: the figures, the verdict and a histogram of the leads."""
+
+    def sec(value: float | None) -> str:
+        return _NONE if value is None else f"{value:g} s"
+
+    lines = [
+        f"observations of the last {days:g} days: {report.orders_observed} orders with a bound, "
+        f"{report.closed_brackets} closed brackets",
+        f"longest lead seen (lower bound):  {sec(report.longest_lead_lower_bound_seconds)}",
+        f"lead of closed brackets:          p50 {sec(report.lead_p50)}, "
+        f"p90 {sec(report.lead_p90)}, max {sec(report.lead_max)}",
+        f"configured:                       refuse_before {sec(report.refuse_before_seconds)}, "
+        f"warn_before {sec(report.warn_before_seconds)}",
+        f"suggested:                        refuse_before "
+        f"{sec(report.suggested_refuse_before_seconds)}, "
+        f"warn_before {sec(report.suggested_warn_before_seconds)}",
+        f"verdict: {report.verdict.value}",
+    ]
+    bars = histogram(closed)
+    if bars:
+        most = max(count for _, _, count in bars)
+        lines.append("leads of closed brackets (midpoints):")
+        for low, high, count in bars:
+            bar = "#" * max(1 if count else 0, round(count / most * HISTOGRAM_WIDTH))
+            lines.append(f"  {low:>6g}-{high:<6g} s  {count:>4}  {bar}")
+    return lines

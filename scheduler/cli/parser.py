@@ -17,7 +17,7 @@ from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
 from scheduler.cli.logs import LEVELS
 from scheduler.cli.output import ERROR_PREFIX
 
-__all__ = ["EPILOG", "Parser", "build_parser", "positive_int", "seconds"]
+__all__ = ["EPILOG", "Parser", "build_parser", "days", "positive_int", "seconds"]
 
 EPILOG = f"""\
 WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
@@ -71,6 +71,17 @@ def _count(text: str) -> int:
     return value
 
 
+def days(text: str) -> float:
+    """An option's number of days: finite and > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of days > 0")
+    return value
+
+
 @dataclass(frozen=True)
 class _Arg:
     """One `add_argument` call, kept as data so that commands can share it."""
@@ -113,6 +124,7 @@ _EXAMPLES: dict[str, str] = {
     "migrate": "smsledger --config /etc/smsledger/smsledger.toml migrate",
     "alerts": "smsledger alerts --pending\n  smsledger alerts test",
     "reconcile": "smsledger reconcile --days 3 --dry-run",
+    "margins": "smsledger margins --days 7 --json",
     "resolve": "smsledger resolve 312891245 --as cancelled --note 'panel shows it cancelled'",
 }
 _SEE_TOP = "WHEN formats, where the config is found and exit codes: smsledger --help"
@@ -321,6 +333,23 @@ _COMMANDS: tuple[_Command, ...] = (
         "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"
         "starting daemons on several hosts. A ledger written by a newer smsledger is refused\n"
         "(exit 1).",
+    ),
+    _Command(
+        "margins",
+        "say how early the provider queues orders, and whether refuse_before is long enough",
+        "From the get-report answers the daemon kept (and its probes): the longest lead seen,\n"
+        "the leads of closed brackets, suggested margins and a verdict. Exit 1 when the\n"
+        "verdict is refuse_before_too_small (a monitor can run it), else 0.",
+        (
+            _arg(
+                "--days",
+                type=days,
+                default=30.0,
+                metavar="N",
+                help="judge the observations of the last N days (default 30)",
+            ),
+            _JSON_OBJECT,
+        ),
     ),
     _Command(
         "reconcile",

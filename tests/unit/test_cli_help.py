@@ -3,6 +3,7 @@ lines, the config search path."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ COMMANDS = sorted(_EXAMPLES)
 
 def test_every_command_has_an_example() -> None:
     parser = build_parser()
-    names = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = set(commands.choices)
     assert names - {"sandbox", "demo"} == set(COMMANDS)
 
 

@@ -1,7 +1,7 @@
 """An index on (label, order_id) of smsledger_orders: campaigns are read by label.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 
 `Ledger.request_cancel_many(label=...)`, ``smsledger list --label`` and ``smsledger summary`` read
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
