@@ -6,6 +6,8 @@ Importing this package configures nothing (no logging, no database): see `Ledger
 
 from ledger._clock import utcnow
 from ledger.api import Ledger
+from ledger.campaigns import LabelSummary
+from ledger.cancels import CancelOutcome, CancelResult, CancelSummary
 from ledger.config import Config, load_config
 from ledger.errors import (
     CancelNotPossible,
@@ -32,13 +34,17 @@ __all__ = [
     "FINAL_STATES",
     "TRANSITIONS",
     "CancelNotPossible",
+    "CancelOutcome",
     "CancelRefused",
+    "CancelResult",
+    "CancelSummary",
     "Config",
     "ConfigError",
     "Delivery",
     "Event",
     "IllegalTransition",
     "InvalidInput",
+    "LabelSummary",
     "Ledger",
     "LedgerError",
     "LedgerUnavailable",

@@ -1,8 +1,10 @@
 """The smsledger config file: TOML, every key optional, every key checked.
 
-Where the file comes from: ``--config``, else ``SMSLEDGER_CONFIG``, else ``./smsledger.toml``; with
-none of them, the defaults below. ``ILETIMERKEZI_API_KEY`` / ``ILETIMERKEZI_API_HASH`` override the
-file's credentials. Unknown keys and wrong types are errors naming the key, because a typo in
+Where the file comes from: ``--config``, else ``SMSLEDGER_CONFIG``, else the first that exists of
+``./smsledger.toml``, ``~/.config/smsledger/smsledger.toml`` and
+``/etc/smsledger/smsledger.toml`` (`config_search_path`); with none of them, the defaults
+below. ``ILETIMERKEZI_API_KEY`` / ``ILETIMERKEZI_API_HASH`` override the file's credentials.
+Unknown keys and wrong types are errors naming the key, because a typo in
 ``refuse_before_seconds`` must not silently leave the default margin in force.
 """
 
@@ -34,6 +36,7 @@ __all__ = [
     "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
+    "config_search_path",
     "find_config_path",
     "load_config",
     "parse_listen",
@@ -241,15 +244,27 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
+def config_search_path(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where a config file is looked for when none is named, first found wins: the working
+    folder, the user's (``$XDG_CONFIG_HOME`` or ``~/.config``), the system's."""
+    env = os.environ if environ is None else environ
+    user = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [
+        Path(DEFAULT_CONFIG_NAME),
+        user / "smsledger" / DEFAULT_CONFIG_NAME,
+        Path("/etc/smsledger") / DEFAULT_CONFIG_NAME,
+    ]
+
+
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """Return the config file to read: explicit, else $SMSLEDGER_CONFIG, else ./smsledger.toml."""
+    """Return the config file to read: explicit, else $SMSLEDGER_CONFIG, else the first of
+    `config_search_path` that exists; None (the defaults) when there is none."""
     if explicit is not None:
         return Path(explicit)
     env = os.environ.get(ENV_CONFIG)
     if env:
         return Path(env)
-    default = Path(DEFAULT_CONFIG_NAME)
-    return default if default.exists() else None
+    return next((path for path in config_search_path() if path.is_file()), None)
 
 
 def load_config(

@@ -87,7 +87,11 @@ class OrderRow(_LedgerModel, table=True):
     """One scheduled order and where it stands."""
 
     __tablename__ = ORDERS_TABLE
-    __table_args__ = (sa.Index(f"ix_{ORDERS_TABLE}_state_send_at", "state", "send_at"),)
+    __table_args__ = (
+        sa.Index(f"ix_{ORDERS_TABLE}_state_send_at", "state", "send_at"),
+        # A campaign is a label: cancel, list and summary read it in order-id pages (r0007).
+        sa.Index(f"ix_{ORDERS_TABLE}_label_order_id", "label", "order_id"),
+    )
 
     order_id: str = Field(sa_column=sa.Column(sa.String(ORDER_ID_MAX), primary_key=True))
     send_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

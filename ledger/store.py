@@ -30,7 +30,7 @@ from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
 from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
-__all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
+__all__ = ["Change", "ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
 log = structlog.get_logger("smsledger.ledger")
 
@@ -135,6 +135,17 @@ class TransitionResult:
 
     applied: bool
     order: Order | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change `Store.transition_batch` is to apply: a guarded update and its event."""
+
+    order_id: str
+    from_state: OrderState
+    to_state: OrderState
+    reason: str
+    details: Mapping[str, Any] | None = None
 
 
 def _order(row: RowMapping | Mapping[str, Any]) -> Order:
@@ -270,9 +281,12 @@ class Store:
         send_after: datetime | None = None,
         send_before: datetime | None = None,
         limit: int | None = None,
+        label: str | None = None,
     ) -> list[Order]:
         """Orders by send time, filtered (send_after inclusive, send_before exclusive)."""
         stmt = sa.select(orders_t).order_by(orders_t.c.send_at, orders_t.c.order_id)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
         if states is not None:
             stmt = stmt.where(orders_t.c.state.in_([s.value for s in states]))
         if send_after is not None:
@@ -283,6 +297,27 @@ class Store:
             stmt = stmt.limit(limit)
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def label_counts(
+        self, *, now: datetime, edge: datetime, label: str | None = None
+    ) -> list[tuple[str | None, OrderState, int, datetime | None, int]]:
+        """Per (label, state): the count, the earliest send time after `now`, and how many are
+        due by `edge`; one grouped query (every label, or only `label`)."""
+        send_at = orders_t.c.send_at
+        stmt = sa.select(
+            orders_t.c.label,
+            orders_t.c.state,
+            sa.func.count(),
+            sa.func.min(sa.case((send_at > now, send_at))),
+            sa.func.sum(sa.case((send_at <= edge, 1), else_=0)),
+        ).group_by(orders_t.c.label, orders_t.c.state)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
+        with self.read() as conn:
+            return [
+                (row[0], OrderState(row[1]), int(row[2]), row[3], int(row[4] or 0))
+                for row in conn.execute(stmt)
+            ]
 
     def registered_between(self, start: datetime, end: datetime) -> list[Order]:
         """Orders the ledger registered in [start, end), by registration time."""
@@ -397,6 +432,16 @@ class Store:
             found.update(
                 {r.order_id: r.send_at for r in conn.execute(_SEND_TIMES_OF, {"ids": chunk})}
             )
+        return found
+
+    def orders_by_id(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The orders of these ids that exist, by id (a few IN lookups, not one per id)."""
+        found: dict[str, Order] = {}
+        with self.read() as conn:
+            for start in range(0, len(order_ids), _IN_CHUNK):
+                chunk = list(order_ids[start : start + _IN_CHUNK])
+                stmt = sa.select(orders_t).where(orders_t.c.order_id.in_(chunk))
+                found.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
         return found
 
     # -- writes --------------------------------------------------------------------------------
@@ -533,6 +578,134 @@ class Store:
         self._log_change(order_id, from_state, to_state, reason, details)
         self._observe_transitions(to_state, 1)
         return TransitionResult(applied=True, order=order)
+
+    def transition_batch(
+        self,
+        decide: Callable[[list[Order]], Sequence[Change]],
+        *,
+        order_ids: Sequence[str] | None = None,
+        label_page: tuple[str, str] | None = None,
+        limit: int,
+        now: datetime,
+        values: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> list[Order]:
+        """Read a batch of orders, let `decide` say what changes, apply it: one transaction.
+
+        The batch is `order_ids` (at most `limit`), or the first `limit` orders with a label after
+        an order id (`label_page` = (label, after), by order id: a keyset page the label index
+        serves). The rows are locked while `decide` runs (SQLite's write lock; ``FOR UPDATE`` on
+        PostgreSQL), so no other process moves them between the decision and the guarded updates;
+        each change is still guarded (``WHERE state = :from``) and writes its history row in the
+        same transaction. `values` are set on every changed row. With `dry_run` the batch is only
+        read and `decide`'s changes are not applied. Returns the orders as read.
+        """
+        if (order_ids is None) == (label_page is None):
+            raise ValueError("transition_batch needs either order_ids or label_page")
+        stmt = sa.select(orders_t).order_by(orders_t.c.order_id)
+        if order_ids is not None:
+            if len(order_ids) > limit:
+                raise ValueError(f"{len(order_ids)} ids in one batch; at most {limit}")
+            stmt = stmt.where(orders_t.c.order_id.in_(list(order_ids)))
+        else:
+            assert label_page is not None
+            label, after = label_page
+            stmt = (
+                stmt.where(orders_t.c.label == label)
+                .where(orders_t.c.order_id > after)
+                .limit(limit)
+            )
+        if dry_run:
+            with self.read() as conn:
+                orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            decide(orders)
+            return orders
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        with self.write() as conn:
+            orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            changes = list(decide(orders))
+            self._apply_changes(conn, changes, now, values or {})
+        for change in changes:
+            self._log_change(
+                change.order_id, change.from_state, change.to_state, change.reason, change.details
+            )
+        return orders
+
+    def _apply_changes(
+        self,
+        conn: Connection,
+        changes: Sequence[Change],
+        now: datetime,
+        values: Mapping[str, Any],
+    ) -> None:
+        """Guarded updates (one executemany per from/to pair), their events and their alerts,
+        in `conn`."""
+        groups: dict[tuple[OrderState, OrderState], list[Change]] = {}
+        for change in changes:
+            if not is_legal(change.from_state, change.to_state):
+                raise IllegalTransition(
+                    f"order {change.order_id}: {change.from_state.value} -> "
+                    f"{change.to_state.value} is not legal"
+                )
+            groups.setdefault((change.from_state, change.to_state), []).append(change)
+        for (from_state, to_state), group in groups.items():
+            fields: dict[str, Any] = {
+                "state": to_state.value,
+                "reason": sa.bindparam("b_reason"),
+                "updated_at": now,
+            }
+            if to_state is not OrderState.CANCELLING:
+                fields["claim_owner"] = None
+                fields["claim_expires_at"] = None
+            fields.update(values)
+            stmt = (
+                orders_t.update()
+                .where(orders_t.c.order_id == sa.bindparam("b_order_id"))
+                .where(orders_t.c.state == from_state.value)
+                .values(**fields)
+            )
+            done = conn.execute(
+                stmt, [{"b_order_id": c.order_id, "b_reason": c.reason} for c in group]
+            ).rowcount
+            if done != len(group):  # the rows are locked: only a bug gets here
+                raise LedgerError(
+                    f"{len(group) - done} of {len(group)} orders left {from_state.value} during "
+                    "a batch that held their rows; nothing was written"
+                )
+        if changes:
+            conn.execute(
+                events_t.insert(),
+                [
+                    {
+                        "order_id": c.order_id,
+                        "at": now,
+                        "from_state": c.from_state.value,
+                        "to_state": c.to_state.value,
+                        "reason": c.reason,
+                        "details": dict(c.details) if c.details else None,
+                    }
+                    for c in changes
+                ],
+            )
+            if self.alerts is not None:
+                self._alert_changes(conn, changes, now)
+
+    def _alert_changes(self, conn: Connection, changes: Sequence[Change], now: datetime) -> None:
+        """The alerts of a batch's changes, written in its transaction as `transition` does."""
+        assert self.alerts is not None
+        ids = [c.order_id for c in changes]
+        after: dict[str, Order] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            stmt = sa.select(orders_t).where(
+                orders_t.c.order_id.in_(ids[start : start + _IN_CHUNK])
+            )
+            after.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
+        grouped: dict[tuple[OrderState, str], list[Order]] = {}
+        for change in changes:
+            grouped.setdefault((change.to_state, change.reason), []).append(after[change.order_id])
+        for (to_state, reason), orders in grouped.items():
+            self.alerts.on_transition(conn, orders, to_state, reason, now)
 
     def transition_due(
         self,

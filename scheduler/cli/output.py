@@ -21,18 +21,20 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ledger import Event, Order
+from ledger import CancelSummary, Event, LabelSummary, Order
 from ledger.api import is_control
 from ledger.leads import Bracket, MarginReport, histogram
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
     "ERROR_PREFIX",
+    "cancel_json",
     "delivery_json",
     "escape",
     "escape_json",
     "event_json",
     "history_table",
+    "label_summary_json",
     "margins_lines",
     "order_json",
     "order_table",
@@ -40,6 +42,7 @@ __all__ = [
     "say",
     "say_error",
     "status_lines",
+    "summary_table",
     "table",
     "to_json",
 ]
@@ -156,6 +159,24 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
+def cancel_json(summary: CancelSummary) -> dict[str, Any]:
+    """`cancel --json`: the count of each outcome, and one result per order."""
+    first = summary.earliest_refused_send_at
+    return {
+        **{outcome.value: count for outcome, count in summary.counts.items()},
+        "earliest_refused_send_at": _utc_or_none(first),
+        "dry_run": summary.dry_run,
+        "orders": [
+            {
+                "order_id": r.order_id,
+                "state": None if r.state is None else r.state.value,
+                "outcome": r.outcome.value,
+            }
+            for r in summary.results
+        ],
+    }
+
+
 def to_json(value: object) -> str:
     """JSON text as the command prints it: UTF-8 kept readable, two-space indent."""
     return escape_json(json.dumps(value, ensure_ascii=False, indent=2))
@@ -247,6 +268,32 @@ def history_table(events: Iterable[Event], zone: ZoneInfo) -> list[str]:
         for event in events
     ]
     return table(("AT", "FROM", "TO", "REASON", "DETAILS"), rows)
+
+
+def label_summary_json(summary: LabelSummary) -> dict[str, Any]:
+    """One item of `summary --json`: a label's count per state (every state), next send time
+    and cancels at risk."""
+    return {
+        "label": summary.label,
+        "states": {state.value: count for state, count in summary.states.items()},
+        "next_send_at": _utc_or_none(summary.next_send_at),
+        "at_risk": summary.at_risk,
+    }
+
+
+def summary_table(summaries: Iterable[LabelSummary], zone: ZoneInfo) -> list[str]:
+    """One line per label: orders, next send time in `zone`, cancels at risk, states with orders."""
+    rows = [
+        (
+            _NONE if s.label is None else s.label,
+            str(s.total),
+            _NONE if s.next_send_at is None else format_local(s.next_send_at, zone),
+            str(s.at_risk),
+            " ".join(f"{state.value}={count}" for state, count in s.states.items() if count),
+        )
+        for s in summaries
+    ]
+    return table(("LABEL", "ORDERS", "NEXT SEND", "AT RISK", "STATES"), rows)
 
 
 def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) -> list[str]:

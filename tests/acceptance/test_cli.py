@@ -617,7 +617,7 @@ def test_check_reports_config_ledger_and_balance(provider: Path, book: Ledger) -
     assert ok.err == f"warning: daemons: {no_daemon}\n", "a warning, not a failure"
     *lines, clock = ok.out.splitlines()
     assert lines == [
-        f"config    ok    {provider / 'smsledger.toml'}",
+        f"config    ok    {provider / 'smsledger.toml'} (from the first found of the search path)",
         f"ledger    ok    sqlite:///{provider / 'ledger.db'}",
         f"daemons   WARN  {no_daemon}",
         f"provider  ok    {ok.out.split('provider  ok    ')[1].split()[0]} "

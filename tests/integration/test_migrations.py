@@ -531,6 +531,27 @@ def test_revision_0005_adds_the_alerts_and_daemons_tables_and_goes_down_without_
     assert versions(store) == [HEAD]
 
 
+def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0006")
+    before = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+    at_head = schema_names(store)
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0006")
+    down = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+
+    index = "ix_smsledger_orders_label_order_id"
+    assert index not in {name for _, name in before[0]}
+    assert index in {name for _, name in at_head}
+    assert down == before
+    assert versions(store) == [HEAD]
+
+
 # -- several processes at once -----------------------------------------------------------------
 
 _OPEN_ON_GO = """
