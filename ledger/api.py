@@ -7,9 +7,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
-import structlog
-
 from ledger._clock import ensure_aware, utcnow
+from ledger._log import get_logger
 from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
     CancelNotPossible,
@@ -28,7 +27,7 @@ from ledger.store import ConcurrentRegistration, Store, TransitionResult, displa
 
 __all__ = ["LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
@@ -149,11 +148,15 @@ class Ledger:
         cls,
         path: str | os.PathLike[str] | Config | None = None,
         *,
-        setup_logging: bool = True,
+        setup_logging: bool = False,
         clock: Callable[[], datetime] = utcnow,
         must_exist: bool = False,
     ) -> Ledger:
-        """Open the ledger a config file describes, and set up logging from its ``[log]``."""
+        """Open the ledger a config file describes.
+
+        Logging is the application's: only ``setup_logging=True`` (what a program that wants the
+        command's JSON-lines file asks for) configures it, for the whole process, from ``[log]``.
+        """
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))

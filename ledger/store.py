@@ -29,11 +29,11 @@ from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
 from ledger._clock import utcnow
+from ledger._log import get_logger
 from ledger._urls import UNPARSABLE, display_url
 from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
 from ledger.models import Event, EventRow, Order, OrderRow
@@ -41,7 +41,7 @@ from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]

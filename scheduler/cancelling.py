@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from ledger._log import get_logger
 from ledger.api import Ledger
 from ledger.margins import Window, window
 from ledger.models import Order
@@ -40,7 +41,7 @@ from scheduler.provider.errors import ProviderAuthError, ProviderError, Provider
 
 __all__ = ["CancelSequence"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: The longest wait between two reads of a failing provider.
 BACKOFF_CAP_SECONDS = 30.0

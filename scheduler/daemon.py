@@ -39,10 +39,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
+from ledger._log import get_logger
 from ledger.logsetup import configure_logging
 from scheduler.cancelling import CancelSequence
 from scheduler.provider.client import IletiMerkeziClient
@@ -50,7 +50,7 @@ from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 
 __all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: Orders moved per transaction by the refuse and dispatch steps.
 BATCH = 1000

@@ -36,6 +36,7 @@ from ledger import (
     load_config,
     utcnow,
 )
+from ledger._log import get_logger
 from ledger._urls import display_url
 from ledger.api import check_label
 from ledger.config import find_config_path
@@ -74,7 +75,7 @@ from scheduler.provider.wire import PROVIDER_ZONE, format_send_datetime
 
 __all__ = ["HANDLERS", "Context", "Handler", "load_context", "run_demo", "run_sandbox"]
 
-log = structlog.get_logger("smsledger.cli")
+log = get_logger("smsledger.cli")
 
 #: How often `cancel --wait` and `logs --follow` look again, in seconds.
 POLL_SECONDS = 0.2
