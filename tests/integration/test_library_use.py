@@ -198,7 +198,7 @@ def test_from_config_with_setup_logging_writes_the_json_lines_file(tmp_path: Pat
 
 
 def readme_example() -> tuple[str, list[str]]:
-    """The README's "Using smsledger from your application" example and the lines it says it prints."""
+    """The README's application example and the lines the README says it prints."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Using smsledger from your application", 1)[1].split("\n## ", 1)[0]
     [code] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
