@@ -7,6 +7,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy.engine import Engine
+
 from ledger._clock import ensure_aware, utcnow
 from ledger._log import get_logger
 from ledger.config import Config, find_config_path, load_config
@@ -30,6 +32,8 @@ __all__ = ["LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
 log = get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: The ledger a `Ledger()` given neither a URL nor an engine opens.
+DEFAULT_URL = "sqlite:///smsledger.db"
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
@@ -98,12 +102,17 @@ class Ledger:
     ``create=False`` skips that for a ledger known to be current. ``must_exist=True`` (what the
     command's reading commands use) raises `NoLedger` instead of creating a ledger where there
     is none: no SQLite file is made, and an empty database is not given the schema.
+
+    ``engine`` instead of `url`: an application's SQLAlchemy `Engine` (SQLite or PostgreSQL). The
+    ledger shares its pool, leaves its connections' settings alone (`synchronous` and
+    `busy_timeout` are then the engine's business) and never disposes it: `close` only lets go.
     """
 
     def __init__(
         self,
-        url: str = "sqlite:///smsledger.db",
+        url: str | None = None,
         *,
+        engine: Engine | None = None,
         warn_before: timedelta = timedelta(minutes=15),
         refuse_before: timedelta = timedelta(minutes=5),
         synchronous: str = "FULL",
@@ -122,8 +131,14 @@ class Ledger:
         self.warn_before = warn_before
         self.refuse_before = refuse_before
         self._clock = clock
+        if url is not None and engine is not None:
+            raise InvalidInput("give the ledger a URL or an engine, not both")
         self.store = Store(
-            url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+            DEFAULT_URL if url is None else url,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            must_exist=must_exist,
+            engine=engine,
         )
         try:
             if must_exist:
