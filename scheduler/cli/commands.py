@@ -50,6 +50,7 @@ from scheduler.cli.exits import (
     exit_code_for,
 )
 from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
+from scheduler.cli.origin import foreign_packages
 from scheduler.cli.output import (
     escape,
     escape_json,
@@ -59,6 +60,7 @@ from scheduler.cli.output import (
     order_table,
     say,
     say_error,
+    say_warning,
     status_lines,
     to_json,
 )
@@ -436,6 +438,8 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     for name, status, detail in lines:
         if status == "FAIL":
             say_error(f"{name}: {detail}")
+    for problem in foreign_packages():  # a warning: the exit code stays what the checks said
+        say_warning(problem)
     return code
 
 

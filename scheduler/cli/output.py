@@ -27,6 +27,7 @@ from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
     "ERROR_PREFIX",
+    "WARNING_PREFIX",
     "escape",
     "escape_json",
     "event_json",
@@ -36,6 +37,7 @@ __all__ = [
     "pair",
     "say",
     "say_error",
+    "say_warning",
     "status_lines",
     "table",
     "to_json",
@@ -45,6 +47,7 @@ _NONE = "-"
 
 #: How every error line of the command starts (argparse's included).
 ERROR_PREFIX = "smsledger: error: "
+WARNING_PREFIX = "smsledger: warning: "
 
 
 def say(lines: Sequence[str] | str) -> None:
@@ -57,6 +60,11 @@ def say_error(message: str) -> None:
     """One error line on stderr; the message may quote the provider or the ledger, so it is
     escaped."""
     print(f"{ERROR_PREFIX}{escape(message)}", file=sys.stderr, flush=True)
+
+
+def say_warning(message: str) -> None:
+    """One warning line on stderr: something to fix that did not stop the command."""
+    print(f"{WARNING_PREFIX}{escape(message)}", file=sys.stderr, flush=True)
 
 
 def escape(text: str) -> str:
