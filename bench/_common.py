@@ -182,19 +182,28 @@ def write_config(
     poll_seconds: float = 1.0,
     max_concurrent_cancels: int = 16,
     level: str = "info",
+    timeout_seconds: float = 10,
+    margins: tuple[float, float] | None = None,
 ) -> Path:
-    """A config file for a daemon of the benchmarks (sandbox credentials, default margins)."""
+    """A config file for a daemon of the benchmarks: sandbox credentials, and the default margins
+    unless `margins` gives (warn_before_seconds, refuse_before_seconds)."""
+    windows = ""
+    if margins is not None:
+        windows = (
+            f"\n[windows]\nwarn_before_seconds = {margins[0]}\n"
+            f"refuse_before_seconds = {margins[1]}\n"
+        )
     path.write_text(
         f"""\
 [ledger]
 url = {json.dumps(ledger_url)}
 synchronous = "FULL"
-
+{windows}
 [api]
 base_url = {json.dumps(base_url)}
 key = {json.dumps(SANDBOX_KEY)}
 hash = {json.dumps(SANDBOX_HASH)}
-timeout_seconds = 10
+timeout_seconds = {timeout_seconds}
 
 [scheduler]
 poll_seconds = {poll_seconds}

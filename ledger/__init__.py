@@ -18,13 +18,14 @@ from ledger.errors import (
     LedgerUnavailable,
     NaiveDatetimeError,
     NoLedger,
+    NotResolvable,
     OrderNotFound,
     RegistrationConflict,
     SchemaError,
     SchemaTooNew,
 )
 from ledger.logsetup import configure_logging
-from ledger.models import Event, Order
+from ledger.models import Delivery, Event, Order
 from ledger.states import FINAL_STATES, TRANSITIONS, OrderState
 from ledger.store import TransitionResult
 
@@ -39,6 +40,7 @@ __all__ = [
     "CancelRefused",
     "Config",
     "ConfigError",
+    "Delivery",
     "Event",
     "IllegalTransition",
     "InvalidInput",
@@ -47,6 +49,7 @@ __all__ = [
     "LedgerUnavailable",
     "NaiveDatetimeError",
     "NoLedger",
+    "NotResolvable",
     "Order",
     "OrderNotFound",
     "OrderState",

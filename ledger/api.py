@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ledger._clock import ensure_aware, utcnow
 from ledger._log import get_logger
@@ -17,27 +19,42 @@ from ledger.errors import (
     CancelRefused,
     InvalidInput,
     NoLedger,
+    NotResolvable,
     OrderNotFound,
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
-from ledger.margins import Window, window
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, Window
 from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
-from ledger.states import OrderState
+from ledger.states import RESOLVABLE, OrderState
 from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
 
-__all__ = ["LABEL_MAX", "Ledger", "check_label", "check_order_id", "is_control"]
+__all__ = [
+    "LABEL_MAX",
+    "NOTE_MAX",
+    "Ledger",
+    "check_label",
+    "check_order_id",
+    "is_control",
+    "os_user",
+]
 
 log = get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
 #: The ledger a `Ledger()` given neither a URL nor an engine opens.
 DEFAULT_URL = "sqlite:///smsledger.db"
+#: The longest note (and name) `Ledger.resolve` keeps.
+NOTE_MAX = 1000
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
+#: The reason recorded for a new order.
+_REGISTERED = "registered"
+_T = TypeVar("_T")
 #: Asking again for a cancel that is already under way (or done) changes nothing.
 _ALREADY_CANCELLING = frozenset(
     {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
@@ -72,21 +89,51 @@ def is_control(char: str) -> bool:
     return unicodedata.category(char) in _CONTROL_CATEGORIES
 
 
-def check_label(label: str | None) -> str | None:
+def check_label(label: str | None, *, what: str = "label", most: int = LABEL_MAX) -> str | None:
     """Return the label, refusing one that is not text, too long, or holds control characters."""
     if label is None:
         return None
     if not isinstance(label, str):
-        raise InvalidInput(f"label must be text, got {type(label).__name__}")
-    if len(label) > LABEL_MAX:
-        raise InvalidInput(f"label is {len(label)} characters long; at most {LABEL_MAX}")
+        raise InvalidInput(f"{what} must be text, got {type(label).__name__}")
+    if len(label) > most:
+        raise InvalidInput(f"{what} is {len(label)} characters long; at most {most}")
     for n, char in enumerate(label):
         if is_control(char):
             raise InvalidInput(
-                f"label contains the control character U+{ord(char):04X} at position {n + 1}; "
-                "a label must be plain text on one line"
+                f"{what} contains the control character U+{ord(char):04X} at position {n + 1}; "
+                f"a {what} must be plain text on one line"
             )
     return label
+
+
+def os_user() -> str:
+    """Who runs this process, as the OS knows them ("unknown" when it cannot tell)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name, no passwd entry (containers)
+        return "unknown"
+
+
+def _new_order(
+    order_id: str, send_at: datetime, label: str | None, now: datetime, reason: str
+) -> Order:
+    """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
+    return Order(
+        order_id=order_id,
+        send_at=send_at,
+        state=OrderState.SCHEDULED,
+        label=label,
+        reason=reason,
+        cancel_requested_at=None,
+        cancel_attempts=0,
+        check_attempts=0,
+        last_provider_code=None,
+        warned_at=None,
+        claim_owner=None,
+        claim_expires_at=None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 class Ledger:
@@ -113,23 +160,15 @@ class Ledger:
         url: str | None = None,
         *,
         engine: Engine | None = None,
-        warn_before: timedelta = timedelta(minutes=15),
-        refuse_before: timedelta = timedelta(minutes=5),
+        warn_before: timedelta = DEFAULT_WARN_BEFORE,
+        refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
         must_exist: bool = False,
     ) -> None:
-        if refuse_before < timedelta(0):
-            raise InvalidInput("refuse_before must not be negative")
-        if refuse_before >= warn_before:
-            raise InvalidInput(
-                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
-                f"warn_before ({warn_before.total_seconds():g} s)"
-            )
-        self.warn_before = warn_before
-        self.refuse_before = refuse_before
+        self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
         if url is not None and engine is not None:
             raise InvalidInput("give the ledger a URL or an engine, not both")
@@ -175,7 +214,7 @@ class Ledger:
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-        return cls(
+        ledger = cls(
             config.ledger.url,
             warn_before=config.windows.warn_before,
             refuse_before=config.windows.refuse_before,
@@ -184,6 +223,17 @@ class Ledger:
             clock=clock,
             must_exist=must_exist,
         )
+        if config.alerts.enabled:
+            ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
+        return ledger
+
+    @property
+    def warn_before(self) -> timedelta:
+        return self.margins.warn_before
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return self.margins.refuse_before
 
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
@@ -203,46 +253,36 @@ class Ledger:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, order_id: str, send_at: datetime, label: str | None = None) -> Order:
-        """Record a scheduled order; registering the same id and time again changes nothing."""
+    def register(
+        self,
+        order_id: str,
+        send_at: datetime,
+        label: str | None = None,
+        *,
+        reason: str = _REGISTERED,
+    ) -> Order:
+        """Record a scheduled order; registering the same id and time again changes nothing.
+
+        `reason` is the registration's history reason (reconcile's is "imported from provider").
+        """
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
-        for attempt in range(_REGISTER_TRIES):
-            now = self.now()
-            try:
-                with self.store.write() as conn:
-                    existing = self.store.get(oid, conn)
-                    if existing is not None:
-                        if existing.send_at != when:
-                            raise RegistrationConflict(oid, existing.send_at, when)
-                        return existing
-                    self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, "registered")
-                    order = Order(
-                        order_id=oid,
-                        send_at=when,
-                        state=OrderState.SCHEDULED,
-                        label=label,
-                        reason="registered",
-                        cancel_requested_at=None,
-                        cancel_attempts=0,
-                        check_attempts=0,
-                        last_provider_code=None,
-                        warned_at=None,
-                        claim_owner=None,
-                        claim_expires_at=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-            except ConcurrentRegistration:
-                if attempt + 1 == _REGISTER_TRIES:
-                    raise
-                continue  # the other process's row is committed now: decide again on it
-            assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            return order
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def decide(conn: Connection, now: datetime) -> tuple[Order, bool]:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing, False
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, reason)
+            return _new_order(oid, when, label, now, reason), True
+
+        order, is_new = self._register_retrying(decide)
+        if is_new:
+            self.store.log_registered([oid], reason)
+        return order
 
     def register_many(
         self,
@@ -272,25 +312,36 @@ class Ledger:
             batch[oid] = (oid, when, item_label)
         if not batch:
             return 0
+
+        def decide(conn: Connection, now: datetime) -> tuple[list[str], int]:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, _REGISTERED)
+            return [oid for oid, _when, _label in new], len(existing)
+
+        new_ids, known = self._register_retrying(decide)
+        self.store.log_registered(new_ids, _REGISTERED)
+        log.info("orders_registered", count=len(new_ids), already_known=known)
+        return len(new_ids)
+
+    def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
+        """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
+
+        A registration that lost a race to another process (PostgreSQL only) is rolled back; the
+        other process's rows are committed by then, so deciding again sees them.
+        """
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
                 with self.store.write() as conn:
-                    existing = self.store.existing_send_times(conn, list(batch))
-                    for oid, when in existing.items():
-                        if batch[oid][1] != when:
-                            raise RegistrationConflict(oid, when, batch[oid][1])
-                    new = [row for oid, row in batch.items() if oid not in existing]
-                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
-                    self.store.insert_new(conn, new, now, "registered")
+                    return decide(conn, now)
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
-                continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
-            return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -327,9 +378,9 @@ class Ledger:
                 raise CancelRefused(order, left)
             if order.state is not OrderState.SCHEDULED:
                 raise CancelNotPossible(order)  # too_late / not_found / needs_attention
-            where = window(order.send_at, now, self.warn_before, self.refuse_before)
+            where = self.margins.window(order.send_at, now)
             if where in (Window.REFUSE, Window.PAST):
-                result = self._refuse(order, now, where)
+                result = self._refuse(order, now)
                 if result.applied and result.order is not None:
                     raise CancelRefused(result.order, left)
                 continue
@@ -355,24 +406,61 @@ class Ledger:
             return result.order
         raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
 
-    def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
-        left = order.seconds_left(now)
-        if where is Window.PAST:
-            reason = f"send time passed {abs(left):.0f} s ago"
-        else:
-            reason = (
-                f"inside the refuse margin: {left:.0f} s before dispatch "
-                f"(refuse_before is {self.refuse_before.total_seconds():g} s)"
-            )
+    def _refuse(self, order: Order, now: datetime) -> TransitionResult:
         return self.store.transition(
             order.order_id,
             OrderState.SCHEDULED,
             OrderState.CANCEL_REFUSED,
             now=now,
-            reason=reason,
-            details={"seconds_left": round(left, 3)},
+            reason=self.margins.refusal(order.send_at, now),
+            details={"seconds_left": round(order.seconds_left(now), 3)},
             values={"cancel_requested_at": now},
         )
+
+    # -- settling by hand ----------------------------------------------------------------------
+
+    def resolve(
+        self, order_id: str, to_state: OrderState | str, *, note: str, by: str | None = None
+    ) -> Order:
+        """Settle a `needs_attention` order by hand as `cancelled`, `too_late` or `not_found`.
+
+        A person looked (the provider's panel, the recipients) and says how it ended; the history
+        row keeps their `note` and name (`by`, default the OS user). Never calls the provider.
+        Raises `NotResolvable` (an `InvalidInput`) for an order in any other state,
+        `InvalidInput` for another target state or an empty note, `OrderNotFound`.
+        """
+        oid = check_order_id(order_id)
+        try:
+            target = OrderState(to_state)
+        except ValueError:
+            target = None
+        if target not in RESOLVABLE:
+            choices = ", ".join(sorted(s.value for s in RESOLVABLE))
+            raise InvalidInput(f"cannot resolve an order as {to_state!r}; choose {choices}")
+        assert target is not None
+        text = check_label(note, what="note", most=NOTE_MAX)
+        if text is None or not text.strip():
+            raise InvalidInput("a note is required: say what was checked and where")
+        who = check_label(os_user() if by is None else by, what="name", most=LABEL_MAX)
+        if who is None or not who.strip():
+            raise InvalidInput("the name of who resolves it must not be empty")
+        order = self.get(oid)
+        if order.state is not OrderState.NEEDS_ATTENTION:
+            raise NotResolvable(order)
+        result = self.store.transition(
+            oid,
+            OrderState.NEEDS_ATTENTION,
+            target,
+            now=self.now(),
+            reason=f"resolved by hand by {who.strip()}: {text.strip()}",
+            details={"note": text.strip(), "by": who.strip(), "by_person": True},
+            by_person=True,
+        )
+        if not result.applied:
+            assert result.order is not None
+            raise NotResolvable(result.order)
+        assert result.order is not None
+        return result.order
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -20,21 +20,30 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger._urls import display_url
 from ledger.errors import ConfigError
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, margins_problem
 
 __all__ = [
+    "ALERT_EVENTS",
+    "AlertsConfig",
     "ApiConfig",
     "Config",
     "LedgerConfig",
     "LogConfig",
+    "MetricsConfig",
+    "ObserveConfig",
+    "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
     "find_config_path",
     "load_config",
+    "parse_listen",
+    "webhook_host",
 ]
 
 ENV_CONFIG = "SMSLEDGER_CONFIG"
 ENV_KEY = "ILETIMERKEZI_API_KEY"
 ENV_HASH = "ILETIMERKEZI_API_HASH"
+ENV_ALERT_SECRET = "SMSLEDGER_ALERT_SECRET"  # noqa: S105 (the variable's name, not a secret)
 DEFAULT_CONFIG_NAME = "smsledger.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -54,8 +63,8 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    warn_before_seconds: float = 900.0
-    refuse_before_seconds: float = 300.0
+    warn_before_seconds: float = DEFAULT_WARN_BEFORE.total_seconds()
+    refuse_before_seconds: float = DEFAULT_REFUSE_BEFORE.total_seconds()
 
     @property
     def warn_before(self) -> timedelta:
@@ -64,6 +73,10 @@ class WindowsConfig:
     @property
     def refuse_before(self) -> timedelta:
         return timedelta(seconds=self.refuse_before_seconds)
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(self.warn_before, self.refuse_before)
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,69 @@ class SchedulerConfig:
     cancel_settle_seconds: float = 20.0
     #: The longest `run --once` runs; unsettled orders are left to the next run.
     once_deadline_seconds: float = 60.0
+    #: Above this difference between our clock and the provider's, `clock_skew` is logged and
+    #: alerted, and `check` fails; below it too, the margins are widened by the skew.
+    max_clock_skew_seconds: float = 5.0
+
+
+#: Every event `[alerts] events` may name; the first five are the default.
+ALERT_EVENTS = (
+    "needs_attention",
+    "too_late",
+    "cancel_refused",
+    "credentials_rejected",
+    "clock_skew",
+    "cancel_at_risk",
+    "cancelled",
+)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Where alerts go (`webhook_url` empty: nowhere, and none is recorded) and which."""
+
+    webhook_url: str = field(default="", repr=False)
+    events: tuple[str, ...] = ALERT_EVENTS[:5]
+    secret: str = field(default="", repr=False)
+    timeout_seconds: float = 5.0
+    give_up_after_seconds: float = 86400.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: HOST:PORT of the /metrics, /healthz and /readyz server; empty: none.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
+class ObserveConfig:
+    """Probing `scheduled` orders to learn the provider's queue lead (see `smsledger margins`)."""
+
+    #: Orders newly probed per rolling day; 0 turns probing off (answers are still kept).
+    probe_orders_per_day: int = 24
+    #: The most probe calls one order gets.
+    max_probes_per_order: int = 12
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
+
+    #: `smsledger reconcile` without --days reads orders created this many days back to today.
+    days: int = 10
+    #: The label of orders imported from the provider (scheduled in its panel or elsewhere).
+    import_label: str = "imported"
+    #: The daemon reconciles this often (one daemon per period); 0 turns it off.
+    every_seconds: float = 900.0
+    #: A dispatched order is read with get-report this long after its send time (and again
+    #: as often while the provider says 113, up to 24 h after it).
+    follow_up_seconds: float = 600.0
+    #: needs_attention orders are read again this often, up to 24 h after their send time.
+    recheck_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +180,10 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
     @property
@@ -132,7 +212,20 @@ class Config:
         out["ledger"]["url"] = display_url(self.ledger.url)
         out["api"]["key"] = "<set>" if self.api.key else "<missing>"
         out["api"]["hash"] = "<set>" if self.api.hash else "<missing>"
+        # A chat webhook's URL is itself a credential: show only where it points.
+        out["alerts"]["webhook_url"] = webhook_host(self.alerts.webhook_url)
+        out["alerts"]["secret"] = "<set>" if self.alerts.secret else "<missing>"
+        out["alerts"]["events"] = list(self.alerts.events)
         return out
+
+
+def webhook_host(url: str) -> str:
+    """A webhook URL as logs and listings may show it: scheme and host only ("" when off)."""
+    if not url:
+        return ""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/..." if sep else "<set>"
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -141,6 +234,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "api": ApiConfig,
     "scheduler": SchedulerConfig,
     "log": LogConfig,
+    "alerts": AlertsConfig,
+    "metrics": MetricsConfig,
+    "observe": ObserveConfig,
+    "reconcile": ReconcileConfig,
 }
 
 
@@ -183,6 +280,9 @@ def load_config(
     config = _build(data, source)
     if path is not None:
         config = _anchor_paths(config, Path(path).resolve().parent)
+    alert_secret = env.get(ENV_ALERT_SECRET)
+    if alert_secret:
+        config = replace(config, alerts=replace(config.alerts, secret=alert_secret))
     key = env.get(ENV_KEY)
     hash_ = env.get(ENV_HASH)
     if key or hash_:
@@ -245,6 +345,12 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], where: str
         expected: type[Any] | tuple[type[Any], ...] = type(default)
         if isinstance(default, float):
             expected = (int, float)
+        if isinstance(default, tuple):  # a list of strings in TOML
+            _check_type(f"{name}.{key}", value, list, where)
+            for item in value:
+                _check_type(f"{name}.{key}[]", item, str, where)
+            kwargs[key] = tuple(value)
+            continue
         kwargs[key] = _check_type(f"{name}.{key}", value, expected, where)
         if isinstance(default, float):
             kwargs[key] = float(value)
@@ -270,13 +376,15 @@ def _check_type(
 
 def _check_values(config: Config, where: str) -> None:
     w = config.windows
-    if w.refuse_before_seconds < 0:
-        raise ConfigError(f"windows.refuse_before_seconds{where} must not be negative")
-    if w.refuse_before_seconds >= w.warn_before_seconds:
-        raise ConfigError(
-            f"windows.refuse_before_seconds ({w.refuse_before_seconds:g}){where} must be smaller "
-            f"than windows.warn_before_seconds ({w.warn_before_seconds:g})"
-        )
+    problem = margins_problem(
+        w.warn_before_seconds,
+        w.refuse_before_seconds,
+        names=("windows.warn_before_seconds", "windows.refuse_before_seconds"),
+        unit="",
+        where=where,
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     if config.api.timeout_seconds <= 0:
         raise ConfigError(f"api.timeout_seconds{where} must be positive")
     if not config.api.base_url.startswith(("http://", "https://")):
@@ -289,9 +397,70 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(f"scheduler.cancel_settle_seconds{where} must not be negative")
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
+    _check_operations(config, where)
+    _check_observe(config.observe, where)
+    _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
     if config.ledger.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"ledger.synchronous{where} must be OFF, NORMAL, FULL or EXTRA")
     if config.ledger.busy_timeout_seconds < 0:
         raise ConfigError(f"ledger.busy_timeout_seconds{where} must not be negative")
+
+
+def _check_operations(config: Config, where: str) -> None:
+    """The keys of alerts, metrics and the clock skew limit."""
+    if config.scheduler.max_clock_skew_seconds <= 0:
+        raise ConfigError(f"scheduler.max_clock_skew_seconds{where} must be positive")
+    if config.metrics.listen:
+        _check_listen(config.metrics.listen, f"metrics.listen{where}")
+    alerts = config.alerts
+    if alerts.webhook_url and not alerts.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError(f"alerts.webhook_url{where} must start with http:// or https://")
+    unknown = [e for e in alerts.events if e not in ALERT_EVENTS]
+    if unknown:
+        raise ConfigError(
+            f"alerts.events{where}: unknown event {unknown[0]!r}; events are: "
+            + ", ".join(ALERT_EVENTS)
+        )
+    if alerts.timeout_seconds <= 0:
+        raise ConfigError(f"alerts.timeout_seconds{where} must be positive")
+    if alerts.give_up_after_seconds <= 0:
+        raise ConfigError(f"alerts.give_up_after_seconds{where} must be positive")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (``[::1]:9464`` for IPv6) as a (host, port) pair; ValueError when it is not."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _check_listen(text: str, key: str) -> None:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_observe(observe: ObserveConfig, where: str) -> None:
+    if observe.probe_orders_per_day < 0:
+        raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
+    if observe.max_probes_per_order < 1:
+        raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")
+
+
+def _check_reconcile(r: ReconcileConfig, where: str) -> None:
+    if r.days < 1:
+        raise ConfigError(f"reconcile.days{where} must be at least 1")
+    if not r.import_label.isprintable() or len(r.import_label) > 200:
+        raise ConfigError(
+            f"reconcile.import_label{where} must be printable text of at most 200 characters"
+        )
+    for name in ("every_seconds", "follow_up_seconds"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"reconcile.{name}{where} must not be negative")
+    if r.recheck_seconds <= 0:
+        raise ConfigError(f"reconcile.recheck_seconds{where} must be positive")

@@ -7,7 +7,8 @@ LedgerError                      the root: anything the ledger refuses or cannot
 ├── SchemaError                  the database holds tables this smsledger cannot use as a ledger
 │   └── SchemaTooNew             the ledger was migrated by a newer smsledger
 ├── InvalidInput (ValueError)    a bad argument: naive datetime, empty or long id, ...
-│   └── NaiveDatetimeError
+│   ├── NaiveDatetimeError
+│   └── NotResolvable            resolve of an order that is not needs_attention
 ├── RegistrationConflict         same order id registered again with another send time
 ├── OrderNotFound                the order id is not in the ledger
 ├── CancelNotPossible            the order reached a final state other than cancelled
@@ -33,6 +34,7 @@ __all__ = [
     "LedgerUnavailable",
     "NaiveDatetimeError",
     "NoLedger",
+    "NotResolvable",
     "OrderNotFound",
     "RegistrationConflict",
     "SchemaError",
@@ -82,6 +84,17 @@ class InvalidInput(LedgerError, ValueError):
 
 class NaiveDatetimeError(InvalidInput):
     """A naive datetime was given where an aware one is required."""
+
+
+class NotResolvable(InvalidInput):
+    """Only a `needs_attention` order is settled by hand; `order` is the order as it stands."""
+
+    def __init__(self, order: Order) -> None:
+        self.order = order
+        super().__init__(
+            f"order {order.order_id} is {order.state.value}, not needs_attention: only an order "
+            "that needs attention can be resolved by hand"
+        )
 
 
 class RegistrationConflict(LedgerError):

@@ -23,11 +23,19 @@ from sqlmodel import Field, SQLModel
 from ledger.states import OrderState
 
 __all__ = [
+    "ALERTS_TABLE",
+    "DAEMONS_TABLE",
+    "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
+    "LEAD_OBSERVATIONS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
+    "AlertRow",
+    "DaemonRow",
+    "Delivery",
     "Event",
     "EventRow",
+    "LeadObservationRow",
     "Order",
     "OrderRow",
     "UTCDateTime",
@@ -36,6 +44,11 @@ __all__ = [
 ORDER_ID_MAX = 64
 ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
+ALERTS_TABLE = "smsledger_alerts"
+DAEMONS_TABLE = "smsledger_daemons"
+LEAD_OBSERVATIONS_TABLE = "smsledger_lead_observations"
+#: The orders' delivery counters, as the provider names them.
+DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -96,6 +109,12 @@ class OrderRow(_LedgerModel, table=True):
     claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    # The provider's delivery counters (get-report / get-reports), null until read (rev. 0004).
+    total: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    delivered: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    undelivered: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    waiting: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    delivery_checked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 class EventRow(_LedgerModel, table=True):
@@ -124,6 +143,90 @@ class EventRow(_LedgerModel, table=True):
     details: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
 
 
+class AlertRow(_LedgerModel, table=True):
+    """One alert to deliver (a transactional outbox): written with what causes it, sent later.
+
+    `status` is ``pending`` until a receiver answered 2xx (``delivered``) or
+    `give_up_after_seconds` passed (``given_up``). Senders claim a row like an order
+    (`claim_owner`, `claim_expires_at`), so each alert is sent by one daemon at a time.
+    """
+
+    __tablename__ = ALERTS_TABLE
+    __table_args__ = (sa.Index(f"ix_{ALERTS_TABLE}_status_next_at", "status", "next_attempt_at"),)
+
+    alert_id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    event: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    order_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(ORDER_ID_MAX)))
+    state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    send_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    label: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+    text: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    next_attempt_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    claim_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class DaemonRow(_LedgerModel, table=True):
+    """One daemon's heartbeat: written every pass, read by `cancel`, `check` and `summary`."""
+
+    __tablename__ = DAEMONS_TABLE
+
+    owner: str = Field(sa_column=sa.Column(sa.String(128), primary_key=True))
+    host: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_pass_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class LeadObservationRow(_LedgerModel, table=True):
+    """One get-report answer about an order with time left: a fact about its queue lead.
+
+    `seconds_left` is the bound the answer proves, taken at the edge of the call that keeps it
+    safe: from the call's start for a 456 (the lead is less), from its end for 113/114 (the lead
+    is at least). A probe first claims its (order, step) with `status` NULL, so daemons sharing
+    the ledger probe an order at most once per step; the answer then fills the row in.
+    """
+
+    __tablename__ = LEAD_OBSERVATIONS_TABLE
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "order_id", "probe_step", name=f"{LEAD_OBSERVATIONS_TABLE}_probe_step_key"
+        ),
+        sa.Index(f"ix_{LEAD_OBSERVATIONS_TABLE}_at", "at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
+    order_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(ORDER_ID_MAX),
+            sa.ForeignKey(f"{ORDERS_TABLE}.order_id"),
+            nullable=False,
+            index=True,
+        )
+    )
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    seconds_left: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    #: 456, 113 or 114; NULL while a probe's call is under way (or after it failed).
+    status: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: precheck, verify or probe.
+    source: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    probe_step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: How long the provider call took (wall time), for the suggested margin's call allowance.
+    duration_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+
+
 @dataclass(frozen=True)
 class Order:
     """A snapshot of one order as the ledger holds it."""
@@ -142,10 +245,40 @@ class Order:
     claim_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: The provider's delivery counters, None until read (see `Delivery`).
+    total: int | None = None
+    delivered: int | None = None
+    undelivered: int | None = None
+    waiting: int | None = None
+    delivery_checked_at: datetime | None = None
+
+    @property
+    def delivery(self) -> Delivery | None:
+        """The provider's delivery counters as last recorded, None when never read."""
+        if self.delivery_checked_at is None:
+            return None
+        return Delivery(
+            total=self.total,
+            delivered=self.delivered,
+            undelivered=self.undelivered,
+            waiting=self.waiting,
+            checked_at=self.delivery_checked_at,
+        )
 
     def seconds_left(self, now: datetime) -> float:
         """Seconds from `now` until dispatch; negative once the send time has passed."""
         return (self.send_at - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the provider reported of an order's messages, and when it was recorded."""
+
+    total: int | None
+    delivered: int | None
+    undelivered: int | None
+    waiting: int | None
+    checked_at: datetime
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FINAL_STATES", "TRANSITIONS", "OrderState", "is_legal"]
+__all__ = [
+    "BY_PERSON_ONLY",
+    "FINAL_STATES",
+    "RESOLVABLE",
+    "SETTLING",
+    "TRANSITIONS",
+    "OrderState",
+    "is_legal",
+]
 
 
 class OrderState(StrEnum):
@@ -48,15 +56,44 @@ TRANSITIONS: frozenset[tuple[OrderState | None, OrderState]] = frozenset(
         # provider, and the verification answered 455: the provider does not know the order (a
         # 455 proves a cancel took only after one may have been delivered).
         (S.CANCELLING, S.NOT_FOUND),
+        # The provider's word read later (reconcile, the dispatch follow-up, the needs_attention
+        # re-check) or a person's (`Ledger.resolve`); none of them ever sends a cancel.
+        (S.SCHEDULED, S.CANCELLED),  # cancelled outside smsledger: get-report confirms 115
+        (S.DISPATCHED, S.CANCELLED),  # the provider says 115: it never went out
+        (S.DISPATCHED, S.NOT_FOUND),  # the follow-up's get-report answers 455
+        (S.NEEDS_ATTENTION, S.CANCELLED),  # re-check: 115, or 455 after our cancel
+        (S.NEEDS_ATTENTION, S.TOO_LATE),  # re-check: 113/114
+        (S.NEEDS_ATTENTION, S.NOT_FOUND),  # only a person (BY_PERSON_ONLY)
     }
 )
 
-#: States no automatic process leaves.
+#: Transitions only a person may take (`Ledger.resolve`): no automatic process decides that the
+#: provider never knew an order whose cancel may have been sent.
+BY_PERSON_ONLY: frozenset[tuple[OrderState | None, OrderState]] = frozenset(
+    {(S.NEEDS_ATTENTION, S.NOT_FOUND)}
+)
+
+#: The states the cancel work ends in: no cancel is sent, verified or retried from them. Only
+#: the provider's word read later (`SETTLING`) or a person moves an order out of one.
 FINAL_STATES: frozenset[OrderState] = frozenset(
     {S.CANCELLED, S.CANCEL_REFUSED, S.TOO_LATE, S.NOT_FOUND, S.DISPATCHED, S.NEEDS_ATTENTION}
 )
 
+#: The transitions that leave a final state: the provider's truth flowing back, or a person.
+SETTLING: frozenset[tuple[OrderState | None, OrderState]] = frozenset(
+    pair for pair in TRANSITIONS if pair[0] in FINAL_STATES
+)
 
-def is_legal(from_state: OrderState | None, to_state: OrderState) -> bool:
-    """Tell whether the transition table allows this state change."""
-    return (from_state, to_state) in TRANSITIONS
+#: Where `Ledger.resolve` may settle a `needs_attention` order.
+RESOLVABLE: frozenset[OrderState] = frozenset(
+    to for from_, to in TRANSITIONS if from_ is S.NEEDS_ATTENTION
+)
+
+
+def is_legal(
+    from_state: OrderState | None, to_state: OrderState, *, by_person: bool = False
+) -> bool:
+    """Tell whether the transition table allows this state change (`by_person`: asked by a
+    person, which `BY_PERSON_ONLY` transitions need)."""
+    pair = (from_state, to_state)
+    return pair in TRANSITIONS and (by_person or pair not in BY_PERSON_ONLY)

@@ -1,12 +1,7 @@
-"""Every query the ledger runs; the one module that opens database connections.
+"""Every query the ledger runs: reads, claims and the one guarded transition.
 
-SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
-writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
-its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
-
-Claims are timed by one clock, `Store.lease_now`: the database server's on PostgreSQL (daemons
-on several hosts share the ledger, not their clocks), the host's on SQLite (every process that
-opens the file runs on that host). Business time (send times, history) stays on the callers'.
+Connections, transactions and what database errors mean live in `ledger.db.Database`; a `Store`
+holds one (`store.db`) and only says what to read and write.
 
 PostgreSQL runs the same statements at READ COMMITTED: every guarded update re-reads the row it
 waited for, so its ``WHERE state = :expected`` still decides; claims of several rows at once use
@@ -15,28 +10,23 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
-from ledger._clock import utcnow
 from ledger._log import get_logger
-from ledger._urls import UNPARSABLE, display_url
-from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
-from ledger.models import Event, EventRow, Order, OrderRow
+from ledger._urls import display_url
+from ledger.db import Database
+from ledger.errors import IllegalTransition, LedgerError
+from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
+from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
 __all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
@@ -46,7 +36,6 @@ log = get_logger("smsledger.ledger")
 orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _ORDER_COLUMNS = [c.name for c in orders_t.columns]
-_WRITE = "smsledger_write"
 _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
 #: Built once, parameters bound at execution: building a statement per call costs more than
 #: running it (SQLAlchemy coerces every literal and computes a cache key each time).
@@ -84,10 +73,13 @@ def _driver_rows(
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-#: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
-_SCHEMA_LOCK = (
-    "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
-)
+#: The log level of a change into a state a person should look at (others log at info).
+_LOUD = {
+    OrderState.NEEDS_ATTENTION: "error",
+    OrderState.TOO_LATE: "warning",
+    OrderState.CANCEL_REFUSED: "warning",
+    OrderState.NOT_FOUND: "warning",
+}
 
 
 class ConcurrentRegistration(LedgerError):
@@ -136,233 +128,71 @@ def _datetime_to_db(dialect: Dialect) -> Any:
     return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
 
-def _enable_wal(cursor: Any, busy_timeout: float) -> None:
-    """Switch a SQLite database to WAL, waiting for other processes doing the same.
-
-    Turning a new file to WAL needs its exclusive lock, and SQLite answers "database is locked"
-    at once instead of calling the busy handler when several processes open it together.
-    """
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-        else:
-            return
-
-
-def _begin_sqlite(conn: Connection) -> None:
-    """Start a SQLite transaction: ``BEGIN IMMEDIATE`` for writes (see the module docstring)."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-
-def _is_unusable(exc: BaseException) -> bool:
-    """Whether a database error means the database cannot be used at all (unreachable, locked,
-    damaged, not a database) rather than that a statement was wrong (a constraint, a bug).
-
-    SQLite reports a file that is no database, or a damaged one, as a bare ``DatabaseError``.
-    """
-    return isinstance(exc, sa.exc.OperationalError) or type(exc) is sa.exc.DatabaseError
-
-
-def _existing_sqlite_file(parsed: sa.URL) -> sa.URL:
-    """`parsed` as a URI that opens the file read-write without creating it; `NoLedger` if the
-    file is not there. In-memory and URI databases are returned as they are."""
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return parsed
-    path = Path(database).absolute()
-    try:
-        why = "the file is empty" if path.stat().st_size == 0 else None
-    except FileNotFoundError:
-        why = "no such file"
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-    if why is not None:  # opening an empty file would write a database header into it
-        raise NoLedger(
-            f"no ledger exists at {path} ({why}); check ledger.url, or create one with "
-            "'smsledger migrate'"
-        )
-    return parsed.set(
-        database=f"file:{quote(str(path))}",
-        query={**parsed.query, "mode": "rw", "uri": "true"},
-    )
-
-
 class Store:
-    """Owns the engine and runs every query of the ledger."""
+    """Runs every query of the ledger over one `Database` (`store.db`)."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Database,
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         must_exist: bool = False,
         engine: Engine | None = None,
     ) -> None:
-        """Open (lazily) the database at `url`, or use the application's `engine`.
-
-        `must_exist`: a SQLite file that is not there raises `NoLedger` instead of being created,
-        and is opened read-write without create, so one removed later is not made again either.
-        """
-        self._owns_engine = engine is None
-        if engine is not None:
-            self._use_engine(engine)
-            return
-        self.url = url
-        try:
-            parsed = sa.make_url(url)
-        except sa.exc.ArgumentError:
-            shown = display_url(url)
-            raise LedgerUnavailable(
-                f"ledger URL {'' if shown == UNPARSABLE else shown + ' '}is not a database URL "
-                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-            ) from None
-        self.dialect = parsed.get_backend_name()
-        if must_exist and self.dialect == "sqlite":
-            parsed = _existing_sqlite_file(parsed)
-        kwargs: dict[str, Any] = {}
-        if self.dialect == "sqlite":
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
-        else:
-            # A daemon outlives server restarts and idle-connection reapers.
-            kwargs["pool_pre_ping"] = True
-        try:
-            self.engine: Engine = sa.create_engine(parsed, **kwargs)
-        except (ImportError, sa.exc.NoSuchModuleError) as exc:
-            hint = ""
-            if self.dialect == "postgresql":
-                hint = (
-                    "; PostgreSQL ledgers need psycopg 3: pip install 'smsledger[postgres]' and "
-                    "use a postgresql+psycopg:// URL"
-                )
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}{hint}") from None
-        except sa.exc.ArgumentError as exc:
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
-        # SQLite has one writer: this process's threads queue here in order instead of polling
-        # for the file lock in SQLite's busy handler, which sleeps up to 100 ms between tries.
-        self._write_lock: Any = (
-            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
-        if self.dialect == "sqlite":
-            self._setup_sqlite(synchronous.upper(), busy_timeout)
-
-    def _use_engine(self, engine: Engine) -> None:
-        """Run on an application's engine, leaving its own connections as they are.
-
-        The ledger works on a copy that shares the engine's pool (`Engine.execution_options`):
-        listeners added to the copy apply to the ledger's transactions only. On SQLite the
-        ledger's write transactions still start with ``BEGIN IMMEDIATE``; the connection
-        settings (WAL, busy timeout, synchronous) stay the application's, as the README says.
-        """
-        self.url = engine.url.render_as_string(hide_password=True)
-        self.dialect = engine.dialect.name
-        self.engine = engine.execution_options()
-        self._write_lock = (
-            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
-        if self.dialect == "sqlite":
-            sa_event.listen(self.engine, "begin", _begin_sqlite)
-
-    def _setup_sqlite(self, synchronous: str, busy_timeout: float) -> None:
-        @sa_event.listens_for(self.engine, "connect")
-        def _connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" event below decide how transactions start.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            _enable_wal(cursor, busy_timeout)
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.close()
-
-        sa_event.listen(self.engine, "begin", _begin_sqlite)
-
-    # -- connections ---------------------------------------------------------------------------
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self._write_lock, self._transaction(write=True) as conn:
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only transaction (a consistent snapshot)."""
-        with self._transaction(write=False) as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            conn = self.engine.connect()
-        except (sa.exc.DatabaseError, sa.exc.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        try:
-            if write:
-                conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
-        except sa.exc.DatabaseError as exc:
-            if not _is_unusable(exc):
-                raise
-            raise self._unavailable(exc) from exc
-        finally:
-            conn.close()
-
-    @contextmanager
-    def schema_lock(self) -> Iterator[Connection]:
-        """A write transaction that no other process migrating this ledger runs beside.
-
-        SQLite: ``BEGIN IMMEDIATE`` holds the database's write lock. PostgreSQL: a transaction
-        advisory lock keyed by the current schema, released at commit or rollback. DDL is
-        transactional on both, so a migration interrupted half-way leaves nothing behind.
-        """
-        with self.write() as conn:
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql(_SCHEMA_LOCK)
-            yield conn
-
-    def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> LedgerUnavailable:
-        orig = getattr(exc, "orig", None)
-        detail = " ".join((str(orig) if orig is not None else str(exc)).split())
-        if _is_unusable(exc) and not isinstance(exc, sa.exc.OperationalError):
-            return LedgerUnavailable(
-                f"ledger {display_url(self.url)} is damaged or not a database ({detail}); "
-                "restore it from a backup, or point ledger.url at the right file"
+        """Query the database at `url` (opened lazily, see `Database`), an open `Database`, or
+        the application's `engine`."""
+        self.db = (
+            url
+            if isinstance(url, Database)
+            else Database(
+                url,
+                synchronous=synchronous,
+                busy_timeout=busy_timeout,
+                must_exist=must_exist,
+                engine=engine,
             )
-        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
+        )
+        #: Which state changes write an alert in their own transaction (None: alerts are off).
+        self.alerts: AlertPolicy | None = None
 
-    def dispose(self) -> None:
-        """Close the ledger's connections; an application's engine is left to the application."""
-        if self._owns_engine:
-            self.engine.dispose()
+    # -- the database (thin delegations: callers and tests open transactions through the store) -
+
+    @property
+    def url(self) -> str:
+        return self.db.url
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
 
     @property
     def database_file(self) -> Path | None:
         """The SQLite database file (absolute), None for an in-memory or server database."""
-        if self.dialect != "sqlite":
-            return None
-        database = self.engine.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).absolute()
+        return self.db.database_file
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        return self.db.write()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A read-only transaction (a consistent snapshot)."""
+        return self.db.read()
+
+    def schema_lock(self) -> AbstractContextManager[Connection]:
+        """A write transaction that no other process migrating this ledger runs beside."""
+        return self.db.schema_lock()
 
     def lease_now(self) -> datetime:
-        """The time claims are taken, renewed and compared by (aware UTC).
+        """The time claims are taken, renewed and compared by (see `Database.lease_now`)."""
+        return self.db.lease_now()
 
-        PostgreSQL: the server's ``clock_timestamp()``, one clock for daemons on several hosts.
-        SQLite: the host's clock, which every process using the file shares.
-        """
-        if self.dialect != "postgresql":
-            return utcnow()
-        with self.read() as conn:
-            value: datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
-        return value.astimezone(UTC)
+    def dispose(self) -> None:
+        self.db.dispose()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -398,6 +228,17 @@ class Store:
             stmt = stmt.where(orders_t.c.send_at < send_before)
         if limit is not None:
             stmt = stmt.limit(limit)
+        with self.read() as conn:
+            return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def registered_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Orders the ledger registered in [start, end), by registration time."""
+        stmt = (
+            sa.select(orders_t)
+            .where(orders_t.c.created_at >= start)
+            .where(orders_t.c.created_at < end)
+            .order_by(orders_t.c.created_at, orders_t.c.order_id)
+        )
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
 
@@ -542,6 +383,11 @@ class Store:
             )
         )
 
+    def log_registered(self, order_ids: Iterable[str], reason: str) -> None:
+        """Log the registration of orders `insert_new` wrote, once their transaction committed."""
+        for order_id in order_ids:
+            self._log_change(order_id, None, OrderState.SCHEDULED, reason, None)
+
     @staticmethod
     def _insert_orders(
         conn: Connection,
@@ -579,6 +425,7 @@ class Store:
         increment: Sequence[str] = (),
         expect_owner: str | None = None,
         unexpired_at: datetime | None = None,
+        by_person: bool = False,
     ) -> TransitionResult:
         """Apply one legal state change as a guarded update plus its event, in one transaction.
 
@@ -586,10 +433,16 @@ class Store:
         `expect_owner`, still claimed by that owner; with `unexpired_at` too, a lease time, only
         while that claim has not expired then: a fenced write); when it does not match nothing is
         written and the result says so. Leaving for a final state releases any claim.
+        `by_person`: a person asked for it (`Ledger.resolve`), which `BY_PERSON_ONLY` needs.
         """
-        if not is_legal(from_state, to_state):
+        if not is_legal(from_state, to_state, by_person=by_person):
             raise IllegalTransition(
                 f"order {order_id}: {from_state.value} -> {to_state.value} is not legal"
+                + (
+                    " (only a person may take it)"
+                    if is_legal(from_state, to_state, by_person=True)
+                    else ""
+                )
             )
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
@@ -626,6 +479,8 @@ class Store:
                 )
             )
             order = _order(row)
+            if self.alerts is not None:
+                self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
         return TransitionResult(applied=True, order=order)
 
@@ -686,6 +541,8 @@ class Store:
                         for o in orders
                     ],
                 )
+                if self.alerts is not None:
+                    self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
         return orders
@@ -758,6 +615,34 @@ class Store:
         with self.write() as conn:
             conn.execute(stmt)
 
+    def record_delivery(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        values: Mapping[str, Any],
+        now: datetime,
+    ) -> Order | None:
+        """Record what the provider reported (delivery counters, its code) on an order still in
+        `state`, without a state change and so without a history row; None when the state moved.
+
+        Only `DELIVERY_COLUMNS`, ``delivery_checked_at`` and ``last_provider_code`` may be set.
+        """
+        allowed = {*DELIVERY_COLUMNS, "delivery_checked_at", "last_provider_code"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"record_delivery cannot set {', '.join(sorted(unknown))}")
+        stmt = (
+            orders_t.update()
+            .where(orders_t.c.order_id == order_id)
+            .where(orders_t.c.state == state.value)
+            .values(**values, updated_at=now)
+            .returning(*orders_t.c)
+        )
+        with self.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _order(row) if row is not None else None
+
     def mark_warned(self, order_id: str, now: datetime) -> bool:
         """Record that the at-risk warning was given; True only for the first caller."""
         stmt = (
@@ -777,7 +662,9 @@ class Store:
         reason: str,
         details: Mapping[str, Any] | None,
     ) -> None:
-        log.info(
+        # Outcomes a person must look at are loud: `logs --level warning` finds every one.
+        level = _LOUD.get(to_state, "info")
+        getattr(log, level)(
             "order_state_changed",
             order_id=order_id,
             from_state=from_state.value if from_state else None,

@@ -16,6 +16,8 @@ A pass, in order:
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
+7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
+   dispatch on a thread of its own, to learn the provider's queue lead.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -24,13 +26,13 @@ times, history) is the daemon's `clock`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import random
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,14 +43,26 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, Ledger, LedgerError, Order, OrderState, utcnow
+from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger._log import get_logger
+from ledger.config import AlertsConfig, SchedulerConfig
 from ledger.logsetup import configure_logging
+from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
+from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
+from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
-from scheduler.provider.client import IletiMerkeziClient
-from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
+from scheduler.claims import (
+    forget_live_owner,
+    lease_for,
+    make_owner,
+    note_live_owner,
+    owner_is_gone,
+)
+from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
+from scheduler.provider.client import CallObserved, IletiMerkeziClient
+from scheduler.skew import SkewEstimator
 
-__all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
+__all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
 
 log = get_logger("smsledger.daemon")
 
@@ -65,18 +79,15 @@ SERVE_TICK_SECONDS = 0.2
 #: A next pass due this much beyond one interval away means the wall clock stepped back.
 CLOCK_STEP_TOLERANCE = timedelta(seconds=1)
 _PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
+#: An idle daemon logs `daemon_idle` this often, so a hung one is told from an idle one.
+IDLE_LOG_SECONDS = 300.0
 
 
-def lease_for(call_deadline_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal: twice the provider call deadline plus 5 s.
-
-    Every provider call ends within one overall deadline (`IletiMerkeziClient.call_deadline`,
-    config `api.timeout_seconds`), so half the lease covers one whole call with 2.5 s to spare.
-    The sequence renews the claim before each call once a quarter of the lease is gone, so what is
-    left covers that call and one backoff wait (at most a quarter lease): a live daemon's
-    in-flight call is never taken for a crashed one.
-    """
-    return timedelta(seconds=2 * call_deadline_seconds + 5)
+def _version() -> str:
+    try:
+        return importlib.metadata.version("smsledger")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -86,34 +97,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-#: Owner ids of the daemons alive in this process (tests and benchmarks run several).
-_LIVE_OWNERS: set[str] = set()
-
-
-def make_owner() -> str:
-    """A claim owner id: host, pid and a random part (pids are reused after restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_gone(owner: str, me: str) -> bool:
-    """True when `owner` was a process of this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        # Our pid: a daemon of this very process, or an earlier incarnation that had the pid.
-        return owner not in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass
@@ -157,14 +140,25 @@ class Daemon:
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
         cancel_settle_seconds: float = 20.0,
+        alerts: AlertsConfig | None = None,
+        max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
+        alert_transport: Any = None,
+        probe_orders_per_day: int = 0,
+        max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
-        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`)."""
+        to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
+
+        `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
+        of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
+        `[observe]`); the answers of the cancel sequence are kept either way.
+        """
         if lease is None:
-            lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
+            lease = lease_for(client.call_deadline)
         self.ledger = ledger
         self.owner = owner or make_owner()
-        _LIVE_OWNERS.add(self.owner)
+        note_live_owner(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
         self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
@@ -184,9 +178,47 @@ class Daemon:
         self._ledger_identity = _file_identity(self._ledger_file) if self._ledger_file else None
         #: Set once the ledger file was found removed or replaced: the daemon must end.
         self.ledger_lost = threading.Event()
+        self.version = _version()
+        self.started_at = utcnow()
+        #: The provider's clock against ours, fed by every provider answer's Date header.
+        self.skew = SkewEstimator()
+        self.max_clock_skew_seconds = max_clock_skew_seconds
+        observe = getattr(client, "observe", None)
+        if observe is not None:
+            observe(self._on_call)
+        #: When the provider last rejected our credentials (None: not since the last good answer).
+        self.credentials_rejected_at: datetime | None = None
+        #: `time.monotonic()` and the lease clock at the end of the last pass (None before one).
+        self.last_pass_monotonic: float | None = None
+        self.last_pass_at: datetime | None = None
+        self._last_skew_log: float | None = None
+        self._last_idle_log = time.monotonic()
+        self._sender: AlertSender | None = None
+        if alerts is not None and alerts.enabled:
+            if self._store.alerts is None:
+                self._store.alerts = AlertPolicy(frozenset(alerts.events))
+            self._sender = AlertSender(
+                self._store,
+                alerts,
+                owner=self.owner,
+                lease_clock=self._lease_clock,
+                transport=alert_transport,
+            )
+        recorder = LeadRecorder(ledger)
+        self.prober = Prober(
+            ledger,
+            client,
+            recorder,
+            orders_per_day=probe_orders_per_day,
+            max_per_order=max_probes_per_order,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
+            widen=self.skew.widening,
+            notify=self._alert,
             owner=self.owner,
             lease=lease,
             stopping=self._stopping,
@@ -195,6 +227,7 @@ class Daemon:
             sleep=sleep,
             rng=rng,
             settle_seconds=cancel_settle_seconds,
+            recorder=recorder,
         )
 
     # -- one pass ------------------------------------------------------------------------------
@@ -236,6 +269,8 @@ class Daemon:
                     in_flight_left=not drained,
                 )
             report.finished = self._take_finished()
+            if self._sender is not None:
+                self._sender.send_due()
         finally:
             with self._lock:
                 self._collecting -= 1
@@ -256,9 +291,9 @@ class Daemon:
         report.refused = self._batch(
             OrderState.CANCEL_REQUESTED,
             OrderState.CANCEL_REFUSED,
-            due_by=now + self.ledger.refuse_before,
+            due_by=now + self._margins().refuse_before,
             now=now,
-            reason="margin closed before the cancel could be sent",
+            reason=MARGIN_CLOSED,
         )
         report.warned = self._warn(now)
         report.dispatched = self._batch(
@@ -269,10 +304,82 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        self.prober.start(now, self._cancels_waiting)
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
+            self._last_idle_log = time.monotonic()
+        elif time.monotonic() - self._last_idle_log >= IDLE_LOG_SECONDS:
+            log.info("daemon_idle", owner=self.owner, in_flight=len(self._inflight))
+            self._last_idle_log = time.monotonic()
+        self._check_skew(now)
+        self._heartbeat()
+        if self._sender is not None:
+            self._sender.wake()
         return report
+
+    # -- operations: heartbeat, clock skew, alerts ------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Record the end of a pass in the ledger (`cancel` and `check` read it) and here."""
+        at = self._lease_clock()
+        heartbeats.beat(
+            self._store,
+            owner=self.owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=self.version,
+            started_at=self.started_at,
+            last_pass_at=at,
+        )
+        self.last_pass_at = at
+        self.last_pass_monotonic = time.monotonic()
+
+    def _on_call(self, call: CallObserved) -> None:
+        """Every provider call's end: the skew estimate, and credentials known good again."""
+        self.skew.observe(call, answered_at=self._clock())  # the clock margins are taken on
+        if call.outcome == "ok":
+            self.credentials_rejected_at = None
+
+    def _check_skew(self, now: datetime) -> None:
+        """Log and alert (each at most once per `RATE_LIMIT`) a skew above the limit."""
+        skew = self.skew.skew_seconds
+        if skew is None or abs(skew) <= self.max_clock_skew_seconds:
+            return
+        tick = time.monotonic()
+        if self._last_skew_log is None or tick - self._last_skew_log >= RATE_LIMIT.seconds:
+            self._last_skew_log = tick
+            log.warning(
+                "clock_skew",
+                skew_seconds=round(skew, 3),
+                max_clock_skew_seconds=self.max_clock_skew_seconds,
+                margins_widened_by_seconds=round(abs(skew), 3),
+            )
+        ahead = "ahead of" if skew > 0 else "behind"
+        self._alert(
+            "clock_skew",
+            f"the provider's clock is {abs(skew):.0f} s {ahead} this host's "
+            f"(limit {self.max_clock_skew_seconds:g} s); margins are widened by it",
+            now=now,
+        )
+
+    def _alert(
+        self, event: str, reason: str, *, order: Order | None = None, now: datetime | None = None
+    ) -> None:
+        """Record an alert that is not a state change (rate-limited in the ledger)."""
+        if event == "credentials_rejected":
+            self.credentials_rejected_at = self._clock()
+        try:
+            raise_alert(
+                self._store, self._store.alerts, event, now=now or self._clock(), reason=reason,
+                order=order,
+            )  # fmt: skip
+        except LedgerError as exc:
+            log.error("alert_not_recorded", alert_event=event, error=str(exc))
+
+    def _margins(self) -> Margins:
+        """The ledger's margins, widened by the provider's clock skew as it stands now."""
+        return self.ledger.margins.widened(self.skew.widening())
 
     def _ledger_file_intact(self) -> bool:
         """False (logged once, `ledger_lost` set) when the SQLite file was removed or replaced."""
@@ -307,7 +414,7 @@ class Daemon:
             OrderState.CANCEL_REFUSED,
             due_by=now,
             now=now,
-            reason="send time passed before a cancel could be sent",
+            reason=SEND_TIME_PASSED_UNSENT,
         )
 
     def _batch(
@@ -331,7 +438,8 @@ class Daemon:
     def _warn(self, now: datetime) -> int:
         warned = 0
         pending = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-        for order in self._store.unwarned(pending, now + self.ledger.warn_before):
+        warn_by = now + self._margins().warn_before
+        for order in self._store.unwarned(pending, warn_by):
             if self._store.mark_warned(order.order_id, now):
                 warned += 1
                 log.warning(
@@ -340,6 +448,12 @@ class Daemon:
                     state=order.state.value,
                     seconds_left=round(order.seconds_left(now), 3),
                     attempts=order.cancel_attempts,
+                )
+                self._alert(
+                    "cancel_at_risk",
+                    f"{order.seconds_left(now):.0f} s before dispatch, still {order.state.value}",
+                    order=order,
+                    now=now,
                 )
         return warned
 
@@ -476,10 +590,25 @@ class Daemon:
                 self._workers -= 1
                 self._lock.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no worker runs; False if `timeout` ran out first."""
+    def _cancels_waiting(self) -> bool:
+        """Whether a cancel request waits for a worker (then the prober makes no call)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+            if self._ready:
+                return True
+            exclude = self._busy(self._clock())
+        waiting = self._store.claimable(
+            OrderState.CANCEL_REQUESTED, self._lease_clock(), limit=1, exclude=exclude
+        )
+        return bool(waiting)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker (nor the prober) runs; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._workers == 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.prober.wait_idle(left)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
         """Stop taking work and give in-flight sequences `grace` seconds to end.
@@ -497,7 +626,7 @@ class Daemon:
         drained = self.wait_idle(grace)
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
-            _LIVE_OWNERS.discard(self.owner)
+            forget_live_owner(self.owner)
         return drained
 
     # -- the long-running loop -----------------------------------------------------------------
@@ -531,12 +660,16 @@ class Daemon:
             id=_PASS_JOB,
         )
         scheduler.start()
+        if self._sender is not None:
+            self._sender.start()
         try:
             while not stop.wait(SERVE_TICK_SECONDS) and not self.ledger_lost.is_set():
                 self._keep_schedule(scheduler, poll_seconds)
         finally:
             scheduler.shutdown(wait=True)
             drained = self.stop()
+            if self._sender is not None:
+                self._sender.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("daemon_stopped", owner=self.owner, in_flight_left=not drained)
@@ -588,10 +721,13 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
         ledger,
         client,
         max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
-        lease=lease_for(config.api.timeout_seconds),
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
+        alerts=config.alerts,
+        max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
+        probe_orders_per_day=config.observe.probe_orders_per_day,
+        max_probes_per_order=config.observe.max_probes_per_order,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     try:

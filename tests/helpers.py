@@ -122,6 +122,10 @@ class HookedClient:
         self.cancel_calls = 0
         self.report_calls = 0
 
+    @property
+    def call_deadline(self) -> float:
+        return self._client.call_deadline
+
     def get_report(self, order_id: str) -> Report:
         self.report_calls += 1
         report = self._client.get_report(order_id)

@@ -14,9 +14,10 @@ import logging
 import shlex
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -33,14 +34,16 @@ from ledger import (
     OrderNotFound,
     OrderState,
     configure_logging,
+    heartbeats,
     load_config,
+    outbox,
     utcnow,
 )
 from ledger._log import get_logger
 from ledger._urls import display_url
 from ledger.api import check_label
-from ledger.config import find_config_path
-from ledger.margins import Window, window
+from ledger.config import find_config_path, webhook_host
+from ledger.margins import Window
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -56,12 +59,13 @@ from scheduler.cli.output import (
     escape_json,
     event_json,
     history_table,
+    margins_lines,
     order_json,
     order_table,
     say,
     say_error,
-    say_warning,
     status_lines,
+    table,
     to_json,
 )
 from scheduler.cli.parser import Parser
@@ -74,6 +78,7 @@ from scheduler.provider.errors import (
     SendTimeError,
 )
 from scheduler.provider.wire import PROVIDER_ZONE, format_send_datetime
+from scheduler.skew import SkewEstimator
 
 __all__ = ["HANDLERS", "Context", "Handler", "load_context", "run_demo", "run_sandbox"]
 
@@ -234,7 +239,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
             asked.append(order)
             now = ledger.now()
             under_way = order.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
+            where = ledger.margins.window(order.send_at, now)
             if under_way and where is Window.WARN:
                 print(
                     f"warning: order {escape(order.order_id)} dispatches "
@@ -243,6 +248,8 @@ def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
                 )
         if asked:
             say(order_table(asked, zone, ledger.now()))
+        if any(o.state in _UNDER_WAY for o in asked) and not _daemon_running(ledger, ctx):
+            print(f"warning: {heartbeats.NO_DAEMON}", file=sys.stderr)
         if args.wait is None:
             if any(order.state not in _CANCEL_ON_TRACK for order in asked):
                 code = max(code, EXIT_FAILED)
@@ -412,14 +419,23 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
         with _open_ledger(ctx, must_exist=True) as ledger:
             ledger.orders(limit=1)
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
+        seen = _daemons_seen(ctx)
+        if seen is not None:
+            running, described = seen
+            if running:
+                lines.append(("daemons", "ok", described))
+            else:
+                lines.append(("daemons", "WARN", f"{heartbeats.NO_DAEMON} ({described})"))
     except LedgerError as exc:
         fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))
     problem = config.credentials_problem()
     if problem is not None:
         fail("provider", EXIT_USAGE, problem)
     else:
+        skew = SkewEstimator()
         try:
             with _client(config) as client:
+                client.observe(skew.observe)
                 balance = client.get_balance()
             amount = balance.amount if balance.amount is not None else "?"
             sms = balance.sms if balance.sms is not None else "?"
@@ -428,6 +444,9 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
             fail("provider", EXIT_FAILED, f"credentials rejected: {exc}")
         except ProviderError as exc:
             fail("provider", EXIT_FAILED, str(exc))
+        _check_skew(skew.skew_seconds, config.scheduler.max_clock_skew_seconds, lines, fail)
+    # A warning: the exit code stays what the other checks said.
+    lines.extend(("packages", "WARN", problem) for problem in foreign_packages())
     width = max(len(name) for name, _, _ in lines)
     say(
         [
@@ -438,9 +457,126 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     for name, status, detail in lines:
         if status == "FAIL":
             say_error(f"{name}: {detail}")
-    for problem in foreign_packages():  # a warning: the exit code stays what the checks said
-        say_warning(problem)
+        elif status == "WARN":
+            print(f"warning: {name}: {escape(detail)}", file=sys.stderr)
     return code
+
+
+_UNDER_WAY = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
+
+
+def _daemon_running(ledger: Ledger, ctx: Context) -> bool:
+    """Whether any daemon finished a pass within `heartbeats.liveness_limit` (lease clock)."""
+    seen = heartbeats.daemons(ledger.store)
+    now = ledger.store.lease_now()
+    return bool(heartbeats.running(seen, now, ctx.config.scheduler.poll_seconds))
+
+
+def _daemons_seen(ctx: Context) -> tuple[bool, str] | None:
+    """(any running, a description of the daemons seen and their last pass) for `check`."""
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        seen = heartbeats.daemons(ledger.store)
+        now = ledger.store.lease_now()
+    running = heartbeats.running(seen, now, ctx.config.scheduler.poll_seconds)
+    if not seen:
+        return False, "none seen"
+    described = "; ".join(
+        f"{d.host} pid {d.pid} ({d.version}) last pass "
+        + (f"{(now - d.last_pass_at).total_seconds():.0f} s ago" if d.last_pass_at else "never")
+        for d in seen[:5]
+    )
+    return bool(running), described
+
+
+def _check_skew(
+    skew: float | None,
+    limit: float,
+    lines: list[tuple[str, str, str]],
+    fail: Callable[[str, int, str], None],
+) -> None:
+    """`check`'s clock line: the provider's clock against ours (exit 1 above the limit)."""
+    if skew is None:
+        lines.append(("clock", "?", "the provider's answer had no Date header"))
+        return
+    ahead = "ahead of" if skew >= 0 else "behind"
+    text = f"the provider's clock is {abs(skew):.1f} s {ahead} this host's (limit {limit:g} s)"
+    if abs(skew) > limit:
+        fail("clock", EXIT_FAILED, text)
+    else:
+        lines.append(("clock", "ok", text))
+
+
+def _cmd_alerts(args: argparse.Namespace, ctx: Context) -> int:
+    if args.action == "test":
+        return _alerts_test(ctx)
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        found = outbox.recent(ledger.store, pending_only=args.pending, limit=args.limit)
+    zone = ctx.config.zone
+    if args.json:
+        say(to_json([_alert_json(a) for a in found]))
+    elif found:
+        say(
+            table(
+                ("AT", "EVENT", "ORDER", "DELIVERY", "TRIES", "TEXT"),
+                [
+                    (
+                        a.at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
+                        a.event,
+                        escape(a.order_id or "-"),
+                        a.status,
+                        str(a.attempts),
+                        escape(a.text),
+                    )
+                    for a in found
+                ],
+            )
+        )
+    else:
+        say("no pending alerts" if args.pending else "no alerts")
+    return EXIT_OK
+
+
+def _alert_json(alert: outbox.Alert) -> dict[str, object]:
+    return {
+        **alert.payload(),
+        "delivery": alert.status,
+        "attempts": alert.attempts,
+        "next_attempt_at": _utc(alert.next_attempt_at),
+        "delivered_at": _utc(alert.delivered_at),
+        "last_error": alert.last_error,
+    }
+
+
+def _utc(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _alerts_test(ctx: Context) -> int:
+    from scheduler.alerting import post_alert  # noqa: PLC0415 -- httpx posting loads only here
+
+    alerts = ctx.config.alerts
+    if not alerts.enabled:
+        raise UsageError("alerts.webhook_url is not set in the config: there is nowhere to send")
+    now = utcnow()
+    payload = {
+        "alert_id": uuid.uuid4().hex,
+        "event": "test",
+        "order_id": None,
+        "state": None,
+        "reason": "smsledger alerts test",
+        "send_at": None,
+        "label": None,
+        "at": now.isoformat(),
+        "text": "smsledger: this is a test alert; alerts reach this receiver.",
+    }
+    result = post_alert(payload, alerts)
+    where = webhook_host(alerts.webhook_url)
+    if result.ok:
+        alert_id = payload["alert_id"]
+        say(f"test alert {alert_id} sent to {where}: the receiver answered {result.status}")
+        return EXIT_OK
+    say_error(f"test alert to {where} failed: {result.error}")
+    return EXIT_FAILED
 
 
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> int:
@@ -458,6 +594,79 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
         say(f"ledger {where} is at schema revision {now}: nothing to do")
     else:
         say(f"ledger {where} migrated from revision {found or '(empty)'} to {now}")
+    return EXIT_OK
+
+
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
+
+
+def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
+    from scheduler.reconciling import (  # noqa: PLC0415 -- loads only for `reconcile`
+        ReconcileIncomplete,
+        ReconcileReport,
+        last_days,
+        reconcile,
+    )
+
+    config = ctx.config
+    days = args.days if args.days is not None else config.reconcile.days
+    config.require_credentials()
+
+    def show(report: ReconcileReport) -> None:
+        if args.json:
+            say(to_json(report.to_json()))
+            return
+        counts = report.to_json()
+        width = max(len(name) for name in counts)
+        lines = [f"{name.ljust(width)}  {value}" for name, value in counts.items()]
+        if report.changes:
+            lines += ["", *table(("ORDER", "CHANGE"), report.changes)]
+        if report.dry_run:
+            lines.append("(dry run: nothing was written)")
+        say(lines)
+
+    with _open_ledger(ctx, must_exist=args.dry_run) as ledger, _client(config) as client:
+        since, until = last_days(days, ledger.now())
+        try:
+            report = reconcile(
+                ledger,
+                client,
+                since=since,
+                until=until,
+                dry_run=args.dry_run,
+                import_label=config.reconcile.import_label,
+            )
+        except ReconcileIncomplete as exc:
+            show(exc.report)
+            raise
+    show(report)
+    return EXIT_OK
+
+
+def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        order = ledger.resolve(args.order_id, args.to_state, note=args.note, by=args.by)
+        say(order_table([order], ctx.config.zone, ledger.now()))
     return EXIT_OK
 
 
@@ -496,4 +705,8 @@ HANDLERS: dict[str, Handler] = {
     "run": _cmd_run,
     "check": _cmd_check,
     "migrate": _cmd_migrate,
+    "alerts": _cmd_alerts,
+    "margins": _cmd_margins,
+    "reconcile": _cmd_reconcile,
+    "resolve": _cmd_resolve,
 }

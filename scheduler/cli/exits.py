@@ -39,10 +39,12 @@ EXIT_CODES_TEXT = f"""\
 exit codes:
   {EXIT_OK:<5}done
   {EXIT_FAILED:<5}refused or ended badly (cancel refused, too late, not found, needs attention,
-       dispatched, not final after --wait; provider error; ledger unreachable
-       or damaged; no ledger yet for status, list, history, check, cancel)
+       dispatched, not final after --wait; provider error, reconcile included;
+       ledger unreachable or damaged; no ledger yet for status, list, history,
+       check, cancel, resolve)
   {EXIT_USAGE:<5}usage, input or config error (bad flag, time or state; unknown order id;
-       config missing or wrong; missing credentials)
+       resolve of an order that is not needs_attention; config missing or wrong;
+       missing credentials)
   {EXIT_INTERRUPTED:<5}interrupted
 """
 

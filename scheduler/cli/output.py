@@ -23,31 +23,33 @@ from zoneinfo import ZoneInfo
 
 from ledger import Event, Order
 from ledger.api import is_control
+from ledger.leads import Bracket, MarginReport, histogram
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
     "ERROR_PREFIX",
-    "WARNING_PREFIX",
+    "delivery_json",
     "escape",
     "escape_json",
     "event_json",
     "history_table",
+    "margins_lines",
     "order_json",
     "order_table",
     "pair",
     "say",
     "say_error",
-    "say_warning",
     "status_lines",
     "table",
     "to_json",
 ]
 
 _NONE = "-"
+#: Characters of the longest bar of a text histogram.
+HISTOGRAM_WIDTH = 40
 
 #: How every error line of the command starts (argparse's included).
 ERROR_PREFIX = "smsledger: error: "
-WARNING_PREFIX = "smsledger: warning: "
 
 
 def say(lines: Sequence[str] | str) -> None:
@@ -60,11 +62,6 @@ def say_error(message: str) -> None:
     """One error line on stderr; the message may quote the provider or the ledger, so it is
     escaped."""
     print(f"{ERROR_PREFIX}{escape(message)}", file=sys.stderr, flush=True)
-
-
-def say_warning(message: str) -> None:
-    """One warning line on stderr: something to fix that did not stop the command."""
-    print(f"{WARNING_PREFIX}{escape(message)}", file=sys.stderr, flush=True)
 
 
 def escape(text: str) -> str:
@@ -116,7 +113,36 @@ def order_json(order: Order) -> dict[str, Any]:
         "last_provider_code": order.last_provider_code,
         "created_at": format_utc(order.created_at),
         "updated_at": format_utc(order.updated_at),
+        "delivery": delivery_json(order),
     }
+
+
+def delivery_json(order: Order) -> dict[str, Any] | None:
+    """The provider's delivery counters of an order, or None when they were never read."""
+    delivery = order.delivery
+    if delivery is None:
+        return None
+    return {
+        "total": delivery.total,
+        "delivered": delivery.delivered,
+        "undelivered": delivery.undelivered,
+        "waiting": delivery.waiting,
+        "checked_at": format_utc(delivery.checked_at),
+    }
+
+
+def _delivery_text(order: Order) -> str:
+    delivery = order.delivery
+    if delivery is None:
+        return _NONE
+
+    def count(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    return (
+        f"{count(delivery.delivered)} delivered, {count(delivery.undelivered)} undelivered, "
+        f"{count(delivery.waiting)} waiting of {count(delivery.total)}"
+    )
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -199,6 +225,8 @@ def status_lines(order: Order, zone: ZoneInfo, now: datetime) -> list[str]:
             "provider code",
             _NONE if order.last_provider_code is None else str(order.last_provider_code),
         ),
+        ("delivery", _delivery_text(order)),
+        ("delivery read", when(order.delivery_checked_at)),
         ("registered", when(order.created_at)),
         ("updated", when(order.updated_at)),
     ]
@@ -219,3 +247,32 @@ def history_table(events: Iterable[Event], zone: ZoneInfo) -> list[str]:
         for event in events
     ]
     return table(("AT", "FROM", "TO", "REASON", "DETAILS"), rows)
+
+
+def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) -> list[str]:
+    """`smsledger margins` for people: the figures, the verdict and a histogram of the leads."""
+
+    def sec(value: float | None) -> str:
+        return _NONE if value is None else f"{value:g} s"
+
+    lines = [
+        f"observations of the last {days:g} days: {report.orders_observed} orders with a bound, "
+        f"{report.closed_brackets} closed brackets",
+        f"longest lead seen (lower bound):  {sec(report.longest_lead_lower_bound_seconds)}",
+        f"lead of closed brackets:          p50 {sec(report.lead_p50)}, "
+        f"p90 {sec(report.lead_p90)}, max {sec(report.lead_max)}",
+        f"configured:                       refuse_before {sec(report.refuse_before_seconds)}, "
+        f"warn_before {sec(report.warn_before_seconds)}",
+        f"suggested:                        refuse_before "
+        f"{sec(report.suggested_refuse_before_seconds)}, "
+        f"warn_before {sec(report.suggested_warn_before_seconds)}",
+        f"verdict: {report.verdict.value}",
+    ]
+    bars = histogram(closed)
+    if bars:
+        most = max(count for _, _, count in bars)
+        lines.append("leads of closed brackets (midpoints):")
+        for low, high, count in bars:
+            bar = "#" * max(1 if count else 0, round(count / most * HISTOGRAM_WIDTH))
+            lines.append(f"  {low:>6g}-{high:<6g} s  {count:>4}  {bar}")
+    return lines

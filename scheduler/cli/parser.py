@@ -16,7 +16,7 @@ from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
 from scheduler.cli.logs import LEVELS
 from scheduler.cli.output import ERROR_PREFIX
 
-__all__ = ["EPILOG", "Parser", "build_parser", "seconds"]
+__all__ = ["EPILOG", "Parser", "build_parser", "days", "positive_int", "seconds"]
 
 EPILOG = f"""\
 WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
@@ -36,6 +36,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{ERROR_PREFIX}{message} (see '{self.prog} --help')\n")
 
 
+def positive_int(text: str) -> int:
+    """An option's whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def seconds(text: str) -> float:
     """An option's number of seconds: finite and >= 0."""
     try:
@@ -44,6 +55,17 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def days(text: str) -> float:
+    """An option's number of days: finite and > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of days > 0")
     return value
 
 
@@ -184,11 +206,79 @@ _COMMANDS: tuple[_Command, ...] = (
     ),
     _Command("check", "check the config, the ledger and the provider credentials"),
     _Command(
+        "alerts",
+        "list recent alerts and how their delivery stands, or send a test alert",
+        "'smsledger alerts test' sends one test alert to [alerts] webhook_url now and prints\n"
+        "the receiver's answer (exit 1 when it failed).",
+        (
+            _arg("action", nargs="?", choices=("test",), help="test: send a test alert now"),
+            _arg("--pending", action="store_true", help="only alerts not delivered yet"),
+            _arg("--limit", type=int, default=50, metavar="N", help="at most N (default 50)"),
+            _JSON_ARRAY,
+        ),
+    ),
+    _Command(
         "migrate",
         "upgrade the ledger's schema to this smsledger's revision",
         "Every command upgrades the ledger when it opens it; this does only that, e.g. before\n"
         "starting daemons on several hosts. A ledger written by a newer smsledger is refused\n"
         "(exit 1).",
+    ),
+    _Command(
+        "margins",
+        "say how early the provider queues orders, and whether refuse_before is long enough",
+        "From the get-report answers the daemon kept (and its probes): the longest lead seen,\n"
+        "the leads of closed brackets, suggested margins and a verdict. Exit 1 when the\n"
+        "verdict is refuse_before_too_small (a monitor can run it), else 0.",
+        (
+            _arg(
+                "--days",
+                type=days,
+                default=30.0,
+                metavar="N",
+                help="judge the observations of the last N days (default 30)",
+            ),
+            _JSON_OBJECT,
+        ),
+    ),
+    _Command(
+        "reconcile",
+        "bring the ledger in line with the provider's order list (never cancels)",
+        "Reads every order the provider created in the last --days days (get-reports, confirmed\n"
+        "by get-report): imports future orders the ledger does not know (label\n"
+        "[reconcile] import_label), marks orders cancelled outside smsledger, records delivery\n"
+        "counters of past orders, warns about orders the provider does not list\n"
+        "(reconcile_missing) and send times that differ (send_time_mismatch). Running it again\n"
+        "changes nothing. A provider error ends it with exit 1, keeping what was done.",
+        (
+            _arg(
+                "--days",
+                type=positive_int,
+                metavar="N",
+                help="creation days to read, up to today (default [reconcile] days, 10)",
+            ),
+            _arg("--dry-run", action="store_true", help="only say what would change"),
+            _JSON_OBJECT,
+        ),
+    ),
+    _Command(
+        "resolve",
+        "settle a needs_attention order by hand (never calls the provider)",
+        "For an order a person has checked (the provider's panel, the recipients). Only a\n"
+        "needs_attention order can be resolved; any other is exit 2, naming its state. The\n"
+        "history keeps the note and who resolved it.",
+        (
+            _ORDER_ID,
+            _required(
+                "--as",
+                "STATE",
+                "how it ended: cancelled, too_late or not_found",
+                dest="to_state",
+                choices=("cancelled", "too_late", "not_found"),
+            ),
+            _required("--note", "TEXT", "what was checked, and where"),
+            _arg("--by", metavar="NAME", help="who resolves it (default: the OS user)"),
+        ),
     ),
 )
 

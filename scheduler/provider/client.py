@@ -1,8 +1,8 @@
 """The iletiMerkezi JSON API client: the one module of smsledger that speaks HTTP.
 
-Four calls (send-sms, get-report, cancel-order, get-balance) share one pooled `httpx.Client`, so
-one client may be used from many threads at once. The client never retries: the daemon owns the
-retry policy, and a cancel in particular must never be repeated blindly.
+Five calls (send-sms, get-report, cancel-order, get-balance, get-reports) share one pooled
+`httpx.Client`, so one client may be used from many threads at once. The client never retries:
+the daemon owns the retry policy, and a cancel in particular must never be repeated blindly.
 
 How an answer is read:
 
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol, Self, TypeVar
@@ -53,12 +53,17 @@ from scheduler.provider.wire import (
     DEFAULT_TIMEOUT_SECONDS,
     GET_BALANCE,
     GET_REPORT,
+    GET_REPORTS,
     PROVIDER_ZONE,
+    REPORTS_DATE_FORMAT,
+    REPORTS_PAGE_SIZE,
     SEND_SMS,
     as_int,
     as_order_id,
     endpoint_path,
     format_send_datetime,
+    parse_timestamp,
+    reports_range_problem,
     utcnow,
 )
 
@@ -70,10 +75,13 @@ __all__ = [
     "PROVIDER_ZONE",
     "ApiSettings",
     "Balance",
+    "CallObserved",
     "CancelAnswer",
     "IletiMerkeziClient",
+    "ListedOrder",
     "Report",
     "ReportStatus",
+    "ReportsPage",
     "SendResult",
     "format_send_datetime",
 ]
@@ -119,6 +127,44 @@ class Report:
     delivered: int | None = None
     undelivered: int | None = None
     waiting: int | None = None
+
+
+@dataclass(frozen=True)
+class ListedOrder:
+    """One order of a get-reports page, read defensively: what is missing or unreadable is None.
+
+    `status` is the listing's 113/114/115 as given (any other int is kept too): for an order whose
+    `send_at` is still ahead it is undocumented (it may read 113 while the order is cancellable),
+    so it must be confirmed with get-report before anything is decided from it.
+    """
+
+    order_id: str
+    status: int | None
+    total: int | None
+    delivered: int | None
+    undelivered: int | None
+    waiting: int | None
+    submit_at: datetime | None  # aware UTC, read from the provider's zone
+    send_at: datetime | None  # aware UTC, read from the provider's zone
+    sender: str | None
+
+
+@dataclass(frozen=True)
+class ReportsPage:
+    """One get-reports page: `count` is every matching order (all pages), `orders` this page's.
+
+    `skipped` counts listed entries without a usable order id (nothing can be done with them).
+    """
+
+    page: int
+    count: int
+    orders: tuple[ListedOrder, ...]
+    skipped: int = 0
+
+    @property
+    def pages(self) -> int:
+        """How many pages the listing has (at least 1), `REPORTS_PAGE_SIZE` orders each."""
+        return max(1, math.ceil(self.count / REPORTS_PAGE_SIZE))
 
 
 class CancelAnswer(StrEnum):
@@ -267,6 +313,19 @@ class ApiSettings(Protocol):
     def timeout_seconds(self) -> float: ...
 
 
+@dataclass(frozen=True)
+class CallObserved:
+    """One provider call as an observer sees it: how long it took, how it ended, and the
+    answer's `Date` header with our clock's readings around the call (for the clock skew)."""
+
+    endpoint: str
+    outcome: str
+    seconds: float
+    sent_at: datetime
+    answered_at: datetime
+    date_header: str | None
+
+
 class IletiMerkeziClient:
     """A thread-safe client of the iletiMerkezi JSON API, without retries.
 
@@ -300,6 +359,7 @@ class IletiMerkeziClient:
         self._clock = clock
         self._deadline_seconds = float(timeout)
         self._monotonic = monotonic
+        self._observers: tuple[Callable[[CallObserved], object], ...] = ()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections),
@@ -346,7 +406,7 @@ class IletiMerkeziClient:
         """Close the connection pool."""
         self._http.close()
 
-    # -- the four calls ----------------------------------------------------------------------
+    # -- the five calls ----------------------------------------------------------------------
 
     def send_sms(
         self,
@@ -402,6 +462,31 @@ class IletiMerkeziClient:
         """Return the account balance; side-effect free, the right call to check credentials."""
         return self._call(GET_BALANCE, None, _balance)
 
+    def get_reports(self, start: date, end: date, page: int = 1) -> ReportsPage:
+        """Return one page of the orders created from `start` to `end` (days in the provider's
+        zone, both included, at most `REPORTS_MAX_DAYS` apart; a wider range is refused with a
+        ValueError before any request). Read only: listing statuses of orders not yet due are
+        undocumented, confirm those with `get_report`."""
+        if isinstance(start, datetime) or isinstance(end, datetime):
+            raise TypeError("start and end are dates (days in the provider's zone), not datetimes")
+        problem = reports_range_problem(start, end)
+        if problem is not None:
+            raise ValueError(f"get-reports range refused: {problem}")
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            raise ValueError(f"page must be an int >= 1, got {page!r}")
+        filter_ = {
+            "start": start.strftime(REPORTS_DATE_FORMAT),
+            "end": end.strftime(REPORTS_DATE_FORMAT),
+            "page": page,
+        }
+        zone = self._zone
+        return self._call(
+            GET_REPORTS,
+            filter_,
+            lambda code, message, body: _reports_page(page, code, message, body, zone),
+            section="filter",
+        )
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _call(
@@ -411,13 +496,20 @@ class IletiMerkeziClient:
         interpret: Callable[[int, str, Mapping[str, Any]], _T],
         *,
         order_id: str | None = None,
+        section: str = "order",
     ) -> _T:
-        """Make one call, read its answer with `interpret` and log the outcome."""
+        """Make one call, read its answer with `interpret` and log the outcome.
+
+        `order` goes into the request as `section` (get-reports takes a `filter`)."""
         started = time.perf_counter()
+        sent_at = self._clock()
         deadline = _Deadline(self._monotonic() + self._deadline_seconds, self._monotonic)
         code: int | None = None
+        date: list[str] = []  # the answer's Date header, once one came
         try:
-            http_status, raw = self._send(endpoint, self._build_request(endpoint, order), deadline)
+            http_status, raw = self._send(
+                endpoint, self._build_request(endpoint, order, section), deadline, date
+            )
             code, message, body = self._read_envelope(endpoint, http_status, raw)
             result = interpret(code, message, body)
         except ProviderError as exc:
@@ -429,23 +521,53 @@ class IletiMerkeziClient:
                 order_id=order_id,
                 error=type(exc).__name__,
             )
+            self._observe(endpoint, _outcome(exc), started, sent_at, date)
             raise
         if isinstance(result, SendResult):
             order_id = result.order_id
         self._log(endpoint, started, code=code, outcome="ok", order_id=order_id)
+        self._observe(endpoint, "ok", started, sent_at, date)
         return result
 
-    def _build_request(self, endpoint: str, order: Mapping[str, Any] | None) -> httpx.Request:
+    def observe(self, observer: Callable[[CallObserved], object]) -> None:
+        """Have `observer` told about every call once it ended (metrics, clock skew).
+
+        Called on the calling thread; an observer that raises is logged and ignored.
+        """
+        self._observers = (*self._observers, observer)
+
+    def _observe(
+        self, endpoint: str, outcome: str, started: float, sent_at: datetime, date: list[str]
+    ) -> None:
+        if not self._observers:
+            return
+        seen = CallObserved(
+            endpoint=endpoint,
+            outcome=outcome,
+            seconds=time.perf_counter() - started,
+            sent_at=sent_at,
+            answered_at=self._clock(),
+            date_header=date[0] if date else None,
+        )
+        for observer in self._observers:
+            try:
+                observer(seen)
+            except Exception:  # an observer's bug must not fail a provider call
+                log.exception("provider_call_observer_failed", endpoint=endpoint)
+
+    def _build_request(
+        self, endpoint: str, order: Mapping[str, Any] | None, section: str = "order"
+    ) -> httpx.Request:
         """Build the documented body. Kept apart so no frame of `_send` holds the credentials."""
         request: dict[str, Any] = {"authentication": {"key": self._key, "hash": self._hash}}
         if order is not None:
-            request["order"] = dict(order)
+            request[section] = dict(order)
         return self._http.build_request(
             "POST", f"{self._base_url}{endpoint_path(endpoint)}", json={"request": request}
         )
 
     def _send(
-        self, endpoint: str, request: httpx.Request, deadline: _Deadline
+        self, endpoint: str, request: httpx.Request, deadline: _Deadline, date: list[str]
     ) -> tuple[int, bytes]:
         """Send one request and read its answer by `deadline`; return its HTTP status and body.
 
@@ -459,6 +581,8 @@ class IletiMerkeziClient:
         token = _current_deadline.set(deadline)
         try:
             response = self._http.send(request, stream=True)
+            if "Date" in response.headers:
+                date.append(response.headers["Date"])
             try:
                 return response.status_code, self._read_answer(endpoint, response, deadline)
             finally:
@@ -621,6 +745,44 @@ def _report(order_id: str, code: int, message: str, body: Mapping[str, Any]) -> 
         undelivered=as_int(order.get("undelivered")),
         waiting=as_int(order.get("waiting")),
     )
+
+
+def _reports_page(
+    page: int, code: int, message: str, body: Mapping[str, Any], zone: ZoneInfo
+) -> ReportsPage:
+    if code != 200:
+        raise _unexpected(GET_REPORTS, code, message)
+    count = as_int(body.get("count"))
+    orders = body.get("orders", [])
+    if orders is None:
+        orders = []
+    if not isinstance(orders, list):
+        raise _undocumented(GET_REPORTS, 200, "has an 'orders' that is not a list")
+    listed: list[ListedOrder] = []
+    skipped = 0
+    for item in orders:
+        order_id = as_order_id(item.get("id")) if isinstance(item, dict) else None
+        if order_id is None or not isinstance(item, dict):
+            skipped += 1
+            continue
+        sender = item.get("sender")
+        listed.append(
+            ListedOrder(
+                order_id=order_id,
+                status=as_int(item.get("status")),
+                total=as_int(item.get("total")),
+                delivered=as_int(item.get("delivered")),
+                undelivered=as_int(item.get("undelivered")),
+                waiting=as_int(item.get("waiting")),
+                submit_at=parse_timestamp(item.get("submitAt"), zone),
+                send_at=parse_timestamp(item.get("sendAt"), zone),
+                sender=sender if isinstance(sender, str) else None,
+            )
+        )
+    if count is None:
+        # No usable count: what this page shows, and one more page if it is full.
+        count = (page - 1) * REPORTS_PAGE_SIZE + len(orders) + (len(orders) >= REPORTS_PAGE_SIZE)
+    return ReportsPage(page=page, count=count, orders=tuple(listed), skipped=skipped)
 
 
 def _cancel_answer(order_id: str, code: int, message: str) -> CancelAnswer:

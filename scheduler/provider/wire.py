@@ -8,7 +8,7 @@ The client (`scheduler.provider.client`) speaks this format; the sandbox
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,11 @@ __all__ = [
     "ENDPOINTS",
     "GET_BALANCE",
     "GET_REPORT",
+    "GET_REPORTS",
     "PROVIDER_ZONE",
+    "REPORTS_DATE_FORMAT",
+    "REPORTS_MAX_DAYS",
+    "REPORTS_PAGE_SIZE",
     "SEND_DATETIME_FORMAT",
     "SEND_SMS",
     "TIMESTAMP_FORMAT",
@@ -31,6 +35,8 @@ __all__ = [
     "as_order_id",
     "endpoint_path",
     "format_send_datetime",
+    "parse_timestamp",
+    "reports_range_problem",
     "utcnow",
 ]
 
@@ -48,13 +54,45 @@ SEND_SMS: Final = "send-sms"
 GET_REPORT: Final = "get-report"
 CANCEL_ORDER: Final = "cancel-order"
 GET_BALANCE: Final = "get-balance"
-#: The four endpoints smsledger uses (and the sandbox serves), in this order.
-ENDPOINTS: Final = (SEND_SMS, GET_REPORT, CANCEL_ORDER, GET_BALANCE)
+#: The order list behind the panel's history, by creation date (reconcile reads it).
+GET_REPORTS: Final = "get-reports"
+#: The endpoints smsledger uses (and the sandbox serves), in this order.
+ENDPOINTS: Final = (SEND_SMS, GET_REPORT, CANCEL_ORDER, GET_BALANCE, GET_REPORTS)
+
+#: get-reports: `end` at most this many days after `start` (else 458, bad date range).
+REPORTS_MAX_DAYS: Final = 10
+#: get-reports: orders a page (the official SDK pages by `ceil(count / 30)`).
+REPORTS_PAGE_SIZE: Final = 30
+#: get-reports: the `start` and `end` dates of its filter, days in the provider's zone.
+REPORTS_DATE_FORMAT: Final = "%Y-%m-%d"
 
 #: `sendDateTime`: the provider's "dd/MM/yyyy HH:mm", in `PROVIDER_ZONE`; never seconds.
 SEND_DATETIME_FORMAT: Final = "%d/%m/%Y %H:%M"
 #: The provider's own timestamps (a report's `submitAt` and `sendAt`), in its zone.
 TIMESTAMP_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+
+
+def reports_range_problem(start: date, end: date) -> str | None:
+    """Why get-reports refuses the range `start`..`end` (458), or None when it takes it."""
+    if end < start:
+        return f"end {end.isoformat()} is before start {start.isoformat()}"
+    if (end - start).days > REPORTS_MAX_DAYS:
+        return (
+            f"{start.isoformat()}..{end.isoformat()} spans {(end - start).days} days; "
+            f"get-reports takes at most {REPORTS_MAX_DAYS}"
+        )
+    return None
+
+
+def parse_timestamp(value: object, zone: ZoneInfo) -> datetime | None:
+    """A provider timestamp (`TIMESTAMP_FORMAT` in `zone`) as aware UTC; None when unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        local = datetime.strptime(value.strip(), TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+    return local.replace(tzinfo=zone).astimezone(UTC)
 
 
 def endpoint_path(endpoint: str) -> str:

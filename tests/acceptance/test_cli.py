@@ -28,7 +28,6 @@ from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger
 
 from ledger import Ledger, OrderState
 from ledger.models import EVENTS_TABLE, ORDERS_TABLE
-from scheduler.provider.sandbox import Sandbox
 
 pytestmark = needs_smsledger
 
@@ -173,7 +172,9 @@ def test_register_then_read_it_back_in_every_form(work: Path) -> None:
         "last_provider_code",
         "created_at",
         "updated_at",
+        "delivery",
     }
+    assert order["delivery"] is None  # never read from the provider yet
     assert order["order_id"] == "312891245"
     assert order["state"] == "scheduled"
     assert order["send_at"] == "2030-01-01T07:00:00Z"
@@ -567,12 +568,6 @@ def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logg
 
 
 # -- the provider: check and send against the sandbox ------------------------------------------
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(port=0, key="sandbox-key", hash="sandbox-hash") as box:
-        yield box
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def check(work: Path, pythonpath: Path | None = None) -> subprocess.CompletedPro
 
 
 def warnings(done: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in done.stderr.splitlines() if line.startswith("smsledger: warning: ")]
+    return [line for line in done.stderr.splitlines() if line.startswith("warning: packages: ")]
 
 
 def test_check_with_smsledgers_own_packages_warns_about_nothing(work: Path) -> None:
@@ -73,7 +73,7 @@ def test_check_warns_when_another_distribution_installs_the_same_top_level_packa
     done = check(work, pythonpath=site)
 
     assert warnings(done) == [
-        "smsledger: warning: the 'scheduler' package is also installed by scheduler: their files "
+        "warning: packages: the 'scheduler' package is also installed by scheduler: their files "
         "and smsledger's share one folder and overwrite each other; install smsledger in a "
         "virtual environment of its own"
     ]

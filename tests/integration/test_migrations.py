@@ -373,6 +373,26 @@ def test_revision_0002_goes_down_and_up_again(ledger_url: str, store: Store) -> 
     assert versions(store) == [HEAD]
 
 
+def test_revision_0006_adds_the_lead_observations_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    """A ledger at 0003 gains the observations table; going down drops it."""
+    make_v0_ledger(store)
+    upgrade_to(store, "0003")
+    migrate(ledger_url)
+    with store.read() as conn:
+        assert sa.inspect(conn).has_table("smsledger_lead_observations")
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0003")
+    with store.read() as conn:
+        down = sa.inspect(conn).has_table("smsledger_lead_observations")
+    migrate(ledger_url)
+
+    assert not down
+    assert versions(store) == [HEAD]
+
+
 def upgrade_to(store: Store, revision: str) -> None:
     """Bring a ledger made before versioning to `revision` and no further (as an old smsledger)."""
     with store.schema_lock() as conn:
@@ -411,7 +431,9 @@ def test_a_ledger_at_revision_0002_gets_the_prefixed_names_keeping_its_rows_and_
 
     new = snapshot(store)
     assert {"orders", "order_events"} & set(new) == set()
-    assert new["smsledger_orders"] == old["orders"]
+    # Revision 0004 adds the delivery counters at the end of each row, null.
+    assert [row[: len(row) - 5] for row in new["smsledger_orders"]] == old["orders"]
+    assert all(row[-5:] == (None,) * 5 for row in new["smsledger_orders"])
     assert new["smsledger_order_events"] == old["order_events"]
     with Ledger(ledger_url, clock=lambda: T0) as ledger:
         assert [e.to_state for e in ledger.history("old-1")] == [
@@ -468,6 +490,45 @@ def test_revision_0003_goes_down_to_the_old_names_with_the_rows_and_up_again(
     assert versions(store) == [HEAD]
     with Ledger(ledger_url) as ledger:
         assert [o.order_id for o in ledger.orders()] == ["old-1", "old-2"]
+
+
+def test_revision_0004_adds_null_delivery_counters_and_goes_down_again(
+    ledger_url: str, store: Store
+) -> None:
+    """An existing ledger gains the delivery columns, all null, its rows untouched."""
+    make_v0_ledger(store)
+    upgrade_to(store, "0003")
+    at_0003 = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+    with Ledger(ledger_url) as ledger:
+        assert [(o.order_id, o.delivery) for o in ledger.orders()] == [
+            ("old-1", None),
+            ("old-2", None),
+        ]
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0003")
+    assert (schema_names(store), snapshot(store)) == at_0003
+    migrate(ledger_url)
+    assert versions(store) == [HEAD]
+
+
+def test_revision_0005_adds_the_alerts_and_daemons_tables_and_goes_down_without_them(
+    ledger_url: str, store: Store
+) -> None:
+    migrate(ledger_url)
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"smsledger_alerts", "smsledger_daemons"} <= tables
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0004")
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    migrate(ledger_url)
+
+    assert not {"smsledger_alerts", "smsledger_daemons"} & tables
+    assert versions(store) == [HEAD]
 
 
 # -- several processes at once -----------------------------------------------------------------

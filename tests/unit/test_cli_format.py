@@ -65,8 +65,31 @@ def test_order_json_has_the_documented_keys_and_utc_times() -> None:
         "last_provider_code": 115,
         "created_at": "2026-11-28T11:00:00.250000Z",
         "updated_at": "2026-11-28T11:00:00.250000Z",
+        "delivery": None,
     }
     assert order_json(make_order())["cancel_requested_at"] is None
+
+
+def test_delivery_counters_show_in_json_and_in_status_once_read() -> None:
+    order = make_order(
+        state=OrderState.DISPATCHED,
+        total=5,
+        delivered=3,
+        undelivered=1,
+        waiting=1,
+        delivery_checked_at=datetime(2026, 11, 28, 11, 50, tzinfo=UTC),
+    )
+    assert order_json(order)["delivery"] == {
+        "total": 5,
+        "delivered": 3,
+        "undelivered": 1,
+        "waiting": 1,
+        "checked_at": "2026-11-28T11:50:00Z",
+    }
+    text = "\n".join(status_lines(order, ISTANBUL, NOW))
+    assert "delivery         3 delivered, 1 undelivered, 1 waiting of 5" in text
+    assert "delivery read    2026-11-28 14:50:00 +03 (10 min ago)" in text
+    assert "delivery         -" in "\n".join(status_lines(make_order(), ISTANBUL, NOW))
 
 
 def test_event_json_has_the_documented_keys() -> None:

@@ -261,12 +261,14 @@ def test_check_without_credentials_is_exit_2_after_checking_the_rest(
     assert captured.out.splitlines() == [
         f"config    ok    {work / 'smsledger.toml'}",
         f"ledger    ok    sqlite:///{work / 'ledger.db'}",
+        "daemons   WARN  no daemon is running: this cancel will not be sent (none seen)",
         "provider  FAIL  no API credentials: set api.key and api.hash in smsledger.toml or "
         "ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH",
     ]
     assert captured.err.splitlines() == [
+        "warning: daemons: no daemon is running: this cancel will not be sent (none seen)",
         "smsledger: error: provider: no API credentials: set api.key and api.hash in "
-        "smsledger.toml or ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH"
+        "smsledger.toml or ILETIMERKEZI_API_KEY / ILETIMERKEZI_API_HASH",
     ]
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from ledger import FINAL_STATES, TRANSITIONS, Event, IllegalTransition, Ledger, Order, OrderState
-from ledger.states import is_legal
+from ledger.states import BY_PERSON_ONLY, SETTLING, is_legal
 from ledger.store import Store
 
 S = OrderState
@@ -33,7 +33,6 @@ LEGAL = sorted((f, t) for f, t in TRANSITIONS if f is not None)
 ILLEGAL_SAMPLE = [
     (S.SCHEDULED, S.SCHEDULED),
     (S.SCHEDULED, S.CANCELLING),  # a cancel is never sent without being requested first
-    (S.SCHEDULED, S.CANCELLED),
     (S.SCHEDULED, S.TOO_LATE),
     (S.CANCEL_REQUESTED, S.SCHEDULED),  # no way back
     (S.CANCEL_REQUESTED, S.DISPATCHED),  # a requested cancel must be resolved, not forgotten
@@ -44,7 +43,11 @@ ILLEGAL_SAMPLE = [
     (S.DISPATCHED, S.CANCEL_REQUESTED),
     (S.TOO_LATE, S.CANCELLED),
     (S.NOT_FOUND, S.CANCELLING),
-    (S.NEEDS_ATTENTION, S.CANCELLED),  # only a person resolves it, not the daemon
+    (S.NEEDS_ATTENTION, S.SCHEDULED),
+    (S.NEEDS_ATTENTION, S.DISPATCHED),
+    (S.DISPATCHED, S.TOO_LATE),
+    (S.DISPATCHED, S.SCHEDULED),
+    (S.CANCELLED, S.DISPATCHED),
 ]
 
 
@@ -82,8 +85,28 @@ def test_every_state_can_be_reached_from_scheduled_by_legal_transitions() -> Non
     assert set(WALKS) == set(OrderState)
 
 
-def test_no_legal_transition_leaves_a_final_state() -> None:
-    assert not [pair for pair in TRANSITIONS if pair[0] in FINAL_STATES]
+def test_only_the_provider_truth_and_a_person_leave_a_final_state() -> None:
+    """dispatched and needs_attention are left only for the provider's later word or by hand;
+    cancelled, cancel_refused, too_late and not_found are never left."""
+    assert {pair for pair in TRANSITIONS if pair[0] in FINAL_STATES} == SETTLING
+    assert {
+        (S.DISPATCHED, S.CANCELLED),
+        (S.DISPATCHED, S.NOT_FOUND),
+        (S.NEEDS_ATTENTION, S.CANCELLED),
+        (S.NEEDS_ATTENTION, S.TOO_LATE),
+        (S.NEEDS_ATTENTION, S.NOT_FOUND),
+    } == SETTLING
+
+
+def test_needs_attention_to_not_found_is_taken_only_by_a_person(
+    store: Store, now: datetime, order_factory: Callable[..., Order]
+) -> None:
+    assert {(S.NEEDS_ATTENTION, S.NOT_FOUND)} == BY_PERSON_ONLY
+    assert not is_legal(S.NEEDS_ATTENTION, S.NOT_FOUND)
+    assert is_legal(S.NEEDS_ATTENTION, S.NOT_FOUND, by_person=True)
+    order = put_in_state(store, order_factory(), S.NEEDS_ATTENTION, now)
+    with pytest.raises(IllegalTransition, match="only a person"):
+        store.transition(order.order_id, S.NEEDS_ATTENTION, S.NOT_FOUND, now=now, reason="auto")
 
 
 def test_the_only_way_into_the_ledger_is_registration_as_scheduled() -> None:
@@ -91,7 +114,8 @@ def test_the_only_way_into_the_ledger_is_registration_as_scheduled() -> None:
 
 
 def test_order_states_are_strings_stored_by_their_value() -> None:
-    assert S.CANCEL_REQUESTED == "cancel_requested"
+    as_text: str = S.CANCEL_REQUESTED  # a str enum: compares equal to its stored value
+    assert as_text == "cancel_requested"
     assert {s.value for s in S} == {
         "scheduled",
         "cancel_requested",
@@ -139,6 +163,7 @@ def test_every_legal_transition_updates_the_row_and_appends_its_history_row(
         now=at,
         reason="under test",
         details={"provider_code": 200, "note": "şğü", "nested": {"pages": [1, 2]}},
+        by_person=(from_state, to_state) in BY_PERSON_ONLY,
     )
 
     assert result.applied

@@ -117,6 +117,7 @@ def test_the_timestamp_is_the_current_utc_time_in_iso_8601(
 def test_a_refused_cancel_is_logged_as_a_state_change_to_cancel_refused_with_its_reason(
     tmp_ledger: Ledger, order_factory: Callable[..., Order]
 ) -> None:
+    """At warning: `logs --level warning` finds every order a person should look at."""
     order = order_factory(send_at=tmp_ledger.now() + timedelta(minutes=2))
 
     with capture_logs() as logs, pytest.raises(CancelRefused) as refused:
@@ -125,7 +126,7 @@ def test_a_refused_cancel_is_logged_as_a_state_change_to_cancel_refused_with_its
     assert logs == [
         {
             "event": "order_state_changed",
-            "log_level": "info",
+            "log_level": "warning",
             "order_id": order.order_id,
             "from_state": "scheduled",
             "to_state": "cancel_refused",
@@ -419,3 +420,28 @@ def test_a_secret_inside_a_value_the_renderer_stringifies_is_redacted(value: obj
     structlog.get_logger("test").warning("provider_answer", body=value)
 
     assert KEY not in buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("to_state", "level"),
+    [
+        (OrderState.NEEDS_ATTENTION, "error"),
+        (OrderState.TOO_LATE, "warning"),
+        (OrderState.NOT_FOUND, "warning"),
+        (OrderState.CANCELLED, "info"),
+    ],
+)
+def test_outcomes_a_person_must_look_at_are_logged_loud(
+    tmp_ledger: Ledger, order_factory: Callable[..., Order], to_state: OrderState, level: str
+) -> None:
+    order = order_factory(send_at=tmp_ledger.now() + timedelta(hours=1))
+    store, now = tmp_ledger.store, tmp_ledger.now()
+    store.transition(order.order_id, OrderState.SCHEDULED, OrderState.CANCEL_REQUESTED, now=now,
+                     reason="asked")  # fmt: skip
+    store.transition(order.order_id, OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, now=now,
+                     reason="sending")  # fmt: skip
+
+    with capture_logs() as logs:
+        store.transition(order.order_id, OrderState.CANCELLING, to_state, now=now, reason="end")
+
+    assert [e["log_level"] for e in logs if e["event"] == "order_state_changed"] == [level]

@@ -1,11 +1,11 @@
 """A local HTTP stand-in for the iletiMerkezi JSON API.
 
-The sandbox answers the four endpoints smsledger uses (send-sms, get-report, cancel-order,
-get-balance) with the provider's documented bodies and codes, moves every order through the
-provider's lifecycle by an injectable clock, and misbehaves on request (latency, 503s, lost
-answers, unreadable answers) so that tests, benchmarks, ``smsledger demo`` and dry runs meet the
-failures the real service produces. It keeps the truth -- what the provider really did -- so a
-test can prove, for example, that no order was cancelled twice.
+The sandbox answers the endpoints smsledger uses (send-sms, get-report, cancel-order,
+get-balance, get-reports) with the provider's documented bodies and codes, moves every order
+through the provider's lifecycle by an injectable clock, and misbehaves on request (latency,
+503s, lost answers, unreadable answers) so that tests, benchmarks, ``smsledger demo`` and dry
+runs meet the failures the real service produces. It keeps the truth -- what the provider really
+did -- so a test can prove, for example, that no order was cancelled twice.
 
 An order's life, by the sandbox's clock::
 
@@ -14,6 +14,10 @@ An order's life, by the sandbox's clock::
     sending     now < send_at + send_duration        200 / 113     455
     completed   afterwards                           200 / 114     455
     cancelled   after an accepted cancel             200 / 115     455
+
+``queue_lead`` is one figure, or with ``queue_lead_jitter`` a distribution: each order draws its
+own lead uniformly within ``queue_lead +- queue_lead_jitter`` (never below 0), from a generator of
+its own seeded by ``seed``; the truth shows every order's ``queue_lead_seconds``.
 
 Faults apply to provider endpoints only. For each request, in this order: a pending
 ``fail_next`` / ``drop_next`` / ``garbage_next`` / ``drip_next`` / ``nested_next`` /
@@ -32,6 +36,16 @@ Control endpoints, for a sandbox running in its own process (no credentials, nev
     GET  /_sandbox/faults   the current faults, as `Faults.to_dict`
     POST /_sandbox/faults   replace the faults: `Faults.to_dict` fields, plus an optional "seed"
     POST /_sandbox/orders   {"order_id": "...", "send_at": ISO-8601 with offset}: see `add_order`
+    POST /_sandbox/panel/orders  {"send_at", "created_at"[, "recipients", "order_id"]}: an order
+                            scheduled from the provider's panel, unknown to any ledger
+                            (`add_panel_order`)
+    POST /_sandbox/panel/cancel  {"order_id"}: cancel it in the panel (`cancel_in_panel`)
+    POST /_sandbox/undelivered   {"order_id", "undelivered": n}: `set_undelivered`
+    POST /_sandbox/listing  {"pending_status": 113 | 114 | 115}: what get-reports lists for
+                            orders not yet due (default 113, the worst case: still cancellable)
+
+get-reports lists orders by creation day in the sandbox's zone, 30 a page, `end` at most 10 days
+after `start` (else 458), like the provider.
 
 ``python -m scheduler.provider.sandbox --help`` runs one from the shell; exit codes: 0 stopped by
 SIGINT or SIGTERM, 1 could not listen, 2 bad arguments.

@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
@@ -33,19 +33,24 @@ from scheduler.provider.wire import (
     ENDPOINTS,
     GET_BALANCE,
     GET_REPORT,
+    GET_REPORTS,
     PROVIDER_ZONE,
+    REPORTS_DATE_FORMAT,
+    REPORTS_PAGE_SIZE,
     SEND_DATETIME_FORMAT,
     SEND_SMS,
     TIMESTAMP_FORMAT,
     as_int,
     as_order_id,
     endpoint_path,
+    reports_range_problem,
     utcnow,
 )
 
 __all__ = [
     "DEFAULT_HASH",
     "DEFAULT_KEY",
+    "DEFAULT_PENDING_LISTING_STATUS",
     "DEFAULT_QUEUE_LEAD",
     "DEFAULT_SEND_DURATION",
     "FIRST_ORDER_ID",
@@ -61,6 +66,10 @@ DEFAULT_SEND_DURATION: Final = 30.0  # seconds an order spends sending after sen
 #: The first order id handed out; later ones count up from it.
 FIRST_ORDER_ID: Final = 312891245
 BALANCE: Final = {"amount": "1000.00", "sms": 5000}
+#: What get-reports lists for an order not yet due: undocumented at the real provider, so the
+#: sandbox shows the worst case by default, 113 "sending" while the order is still cancellable.
+DEFAULT_PENDING_LISTING_STATUS: Final = 113
+_LISTING_STATUSES: Final = frozenset({113, 114, 115})
 
 _POLL_INTERVAL = 0.05  # seconds between checks for stop() in the accept loop
 _STOP_JOIN_SECONDS = 5.0  # longest stop() waits for request threads to finish
@@ -100,10 +109,14 @@ class _Order:
     numbers: list[str]
     submit_at: datetime
     send_at: datetime
+    #: How long before `send_at` this order enters the carrier queue (its own draw).
+    queue_lead: timedelta
     cancelled_at: datetime | None = None
     cancel_calls: int = 0
     cancels_accepted: int = 0
     report_calls: int = 0
+    undelivered: int = 0  # of the numbers, how many end undelivered once completed
+    cancelled_in_panel: bool = False
 
 
 @dataclass
@@ -191,19 +204,27 @@ class Sandbox:
         key: str = DEFAULT_KEY,
         hash: str = DEFAULT_HASH,
         queue_lead: float = DEFAULT_QUEUE_LEAD,
+        queue_lead_jitter: float = 0.0,
         send_duration: float = DEFAULT_SEND_DURATION,
         zone: ZoneInfo = PROVIDER_ZONE,
         faults: Faults | None = None,
         seed: int | None = None,
         clock: Callable[[], datetime] = utcnow,
+        pending_listing_status: int = DEFAULT_PENDING_LISTING_STATUS,
     ) -> None:
         _check_number("queue_lead", queue_lead, upper=math.inf)
+        _check_number("queue_lead_jitter", queue_lead_jitter, upper=math.inf)
+        _check_listing_status(pending_listing_status)
+        self._pending_listing_status = pending_listing_status
         _check_number("send_duration", send_duration, upper=math.inf)
         self._host = host
         self._port = port
         self._key = key
         self._hash = hash
-        self._queue_lead = timedelta(seconds=queue_lead)
+        self._queue_lead = queue_lead
+        self._queue_lead_jitter = queue_lead_jitter
+        # Leads have their own generator, so they never shift the faults' seeded sequence.
+        self._lead_random = random.Random(seed)
         self._send_duration = timedelta(seconds=send_duration)
         self._zone = zone
         self._clock = clock
@@ -224,12 +245,17 @@ class Sandbox:
             GET_REPORT: self._get_report,
             CANCEL_ORDER: self._cancel_order,
             GET_BALANCE: lambda request, now: {"balance": dict(BALANCE)},
+            GET_REPORTS: self._get_reports,
         }
         self._control: dict[tuple[str, str], Callable[[bytes], Reply]] = {
             ("GET", "/_sandbox/truth"): lambda raw: json_reply(200, self.truth()),
             ("GET", "/_sandbox/faults"): lambda raw: json_reply(200, self._faults_dict()),
             ("POST", "/_sandbox/faults"): self._control_faults,
             ("POST", "/_sandbox/orders"): self._control_orders,
+            ("POST", "/_sandbox/panel/orders"): self._control_panel_order,
+            ("POST", "/_sandbox/panel/cancel"): self._control_panel_cancel,
+            ("POST", "/_sandbox/undelivered"): self._control_undelivered,
+            ("POST", "/_sandbox/listing"): self._control_listing,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -311,13 +337,93 @@ class Sandbox:
                 numbers=["+905000000000"],
                 submit_at=self._now(),
                 send_at=send_at.astimezone(UTC),
+                queue_lead=self._draw_lead(),
             )
+
+    def add_panel_order(
+        self,
+        send_at: datetime,
+        *,
+        created_at: datetime,
+        recipients: int = 1,
+        order_id: str | None = None,
+    ) -> str:
+        """Create an order as if scheduled in the provider's panel (or by another program): no
+        ledger knows it. `created_at` (aware, not in the future) is its creation time, which
+        get-reports selects by; `send_at` may be past or future. Returns its id.
+
+        Raises ValueError for naive times, a creation time ahead of the sandbox's clock, fewer
+        than one recipient or an id already in use.
+        """
+        for name, value in (("send_at", send_at), ("created_at", created_at)):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"{name} {value.isoformat()} is naive; pass an aware datetime")
+        if isinstance(recipients, bool) or not isinstance(recipients, int) or recipients < 1:
+            raise ValueError(f"recipients must be an int >= 1, got {recipients!r}")
+        with self._lock:
+            now = self._now()
+            if created_at > now:
+                raise ValueError(
+                    f"created_at {created_at.isoformat()} is after the sandbox's now "
+                    f"{now.isoformat()}"
+                )
+            if order_id is None:
+                order_id = self._new_order_id()
+            order_id = str(order_id).strip()
+            if not order_id or order_id in self._orders:
+                raise ValueError(f"order id {order_id!r} is empty or already in use")
+            self._orders[order_id] = _Order(
+                order_id=order_id,
+                sender="PANEL",
+                numbers=[f"+90500{n:07d}" for n in range(recipients)],
+                submit_at=created_at.astimezone(UTC),
+                send_at=send_at.astimezone(UTC),
+                queue_lead=self._draw_lead(),
+            )
+            return order_id
+
+    def cancel_in_panel(self, order_id: str) -> None:
+        """Cancel an order from the provider's panel, outside any cancel-order call.
+
+        Raises ValueError for an unknown order or one past its cancel window.
+        """
+        with self._lock:
+            order = self._orders.get(str(order_id).strip())
+            if order is None:
+                raise ValueError(f"no order {order_id} in the sandbox")
+            if self._state(order, self._now()) != "pending":
+                raise ValueError(f"order {order_id} is past its cancel window")
+            order.cancelled_at = self._now()
+            order.cancelled_in_panel = True
+
+    def set_undelivered(self, order_id: str, undelivered: int) -> None:
+        """How many of the order's numbers end undelivered (the rest delivered) once completed."""
+        with self._lock:
+            order = self._orders.get(str(order_id).strip())
+            if order is None:
+                raise ValueError(f"no order {order_id} in the sandbox")
+            if (
+                isinstance(undelivered, bool)
+                or not isinstance(undelivered, int)
+                or not 0 <= undelivered <= len(order.numbers)
+            ):
+                raise ValueError(
+                    f"undelivered must be an int in [0, {len(order.numbers)}], got {undelivered!r}"
+                )
+            order.undelivered = undelivered
+
+    def set_pending_listing_status(self, status: int) -> None:
+        """What get-reports lists for orders not yet due: 113 (the default), 114 or 115."""
+        _check_listing_status(status)
+        with self._lock:
+            self._pending_listing_status = status
 
     def truth(self) -> dict[str, Any]:
         """What the provider really did, as JSON-ready data::
 
         {"now": ISO UTC,
          "orders": {order_id: {"order_id", "state", "send_at" (ISO UTC), "submit_at",
+                               "queue_lead_seconds" (this order's true lead),
                                "cancelled_at" (ISO UTC or None), "cancel_calls",
                                "cancels_accepted", "report_calls"}},
          "totals": {endpoint: {"requests", "injected_errors", "dropped", "garbled",
@@ -357,10 +463,14 @@ class Sandbox:
             "state": self._state(order, now),
             "send_at": order.send_at.isoformat(),
             "submit_at": order.submit_at.isoformat(),
+            "queue_lead_seconds": order.queue_lead.total_seconds(),
             "cancelled_at": None if order.cancelled_at is None else order.cancelled_at.isoformat(),
             "cancel_calls": order.cancel_calls,
             "cancels_accepted": order.cancels_accepted,
             "report_calls": order.report_calls,
+            "recipients": len(order.numbers),
+            "undelivered": order.undelivered,
+            "cancelled_in_panel": order.cancelled_in_panel,
         }
 
     def _note_connection(self) -> None:
@@ -481,10 +591,18 @@ class Sandbox:
         offset = self._faults.clock_offset
         return now.astimezone(UTC) + timedelta(seconds=offset)
 
+    def _draw_lead(self) -> timedelta:
+        """A new order's queue lead: uniform within +- the jitter (never below 0). Hold the lock."""
+        if not self._queue_lead_jitter:
+            return timedelta(seconds=self._queue_lead)
+        jitter = self._queue_lead_jitter
+        drawn = self._queue_lead + self._lead_random.uniform(-jitter, jitter)
+        return timedelta(seconds=max(0.0, drawn))
+
     def _state(self, order: _Order, now: datetime) -> _State:
         if order.cancelled_at is not None:
             return "cancelled"
-        if now < order.send_at - self._queue_lead:
+        if now < order.send_at - order.queue_lead:
             return "pending"
         if now < order.send_at + self._send_duration:
             return "sending"
@@ -507,7 +625,12 @@ class Sandbox:
         _require(str(iys) == "0" or order.get("iysList") in _IYS_LISTS, 469)
         order_id = self._new_order_id()
         self._orders[order_id] = _Order(
-            order_id=order_id, sender=sender, numbers=numbers, submit_at=now, send_at=send_at
+            order_id=order_id,
+            sender=sender,
+            numbers=numbers,
+            submit_at=now,
+            send_at=send_at,
+            queue_lead=self._draw_lead(),
         )
         return {"order": {"id": order_id}}
 
@@ -543,6 +666,7 @@ class Sandbox:
         _require(order.cancelled_at is None or now >= order.cancelled_at + lag, 456)
         status, message_status = _REPORT_STATUSES[state]
         total = len(order.numbers)
+        counters = self._counters(order, state)
         options = request["order"]
         page = as_int(options.get("page"))
         rows = as_int(options.get("rowCount"))
@@ -553,10 +677,7 @@ class Sandbox:
             "order": {
                 "id": order.order_id,
                 "status": status,
-                "total": total,
-                "delivered": total if state == "completed" else 0,
-                "undelivered": total if state == "cancelled" else 0,
-                "waiting": total if state == "sending" else 0,
+                **counters,
                 "submitAt": order.submit_at.astimezone(self._zone).strftime(TIMESTAMP_FORMAT),
                 "sendAt": order.send_at.astimezone(self._zone).strftime(TIMESTAMP_FORMAT),
                 "sender": order.sender,
@@ -564,6 +685,63 @@ class Sandbox:
                 "message": [{"number": number, "status": message_status} for number in shown],
             }
         }
+
+    @staticmethod
+    def _counters(order: _Order, state: _State) -> dict[str, int]:
+        """`total`, `delivered`, `undelivered`, `waiting` of an order in `state`."""
+        total = len(order.numbers)
+        undelivered = {"completed": order.undelivered, "cancelled": total}.get(state, 0)
+        return {
+            "total": total,
+            "delivered": total - order.undelivered if state == "completed" else 0,
+            "undelivered": undelivered,
+            "waiting": total if state in ("pending", "sending") else 0,
+        }
+
+    def _get_reports(self, request: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """The orders created from `start` to `end` (days in the sandbox's zone), 30 a page.
+
+        `page` is read from the filter, else beside it (the official Python SDK's way).
+        """
+        filter_ = request.get("filter")
+        _require(isinstance(filter_, dict), 458)
+        assert isinstance(filter_, dict)
+        start, end = _day(filter_.get("start")), _day(filter_.get("end"))
+        if start is None or end is None or reports_range_problem(start, end) is not None:
+            raise _Refusal(458)
+        page = as_int(filter_.get("page"))
+        if page is None:
+            page = as_int(request.get("page"))
+        page = max(1 if page is None else page, 1)
+        lag = timedelta(seconds=self._faults.report_lag)
+        matching = sorted(
+            (
+                order
+                for order in self._orders.values()
+                if start <= order.submit_at.astimezone(self._zone).date() <= end
+            ),
+            key=lambda order: (order.submit_at, order.order_id),
+        )
+        listed = []
+        for order in matching[(page - 1) * REPORTS_PAGE_SIZE : page * REPORTS_PAGE_SIZE]:
+            state = self._state(order, now)
+            if order.cancelled_at is not None and now < order.cancelled_at + lag:
+                state = "pending"  # the cancel does not show yet (see `Faults.report_lag`)
+            if state == "pending":
+                status = self._pending_listing_status
+            else:
+                status = _REPORT_STATUSES[state][0]
+            listed.append(
+                {
+                    "id": int(order.order_id) if order.order_id.isdigit() else order.order_id,
+                    "status": status,
+                    **self._counters(order, state),
+                    "submitAt": order.submit_at.astimezone(self._zone).strftime(TIMESTAMP_FORMAT),
+                    "sendAt": order.send_at.astimezone(self._zone).strftime(TIMESTAMP_FORMAT),
+                    "sender": order.sender,
+                }
+            )
+        return {"count": len(matching), "orders": listed}
 
     def _cancel_order(self, request: dict[str, Any], now: datetime) -> dict[str, Any]:
         order = self._existing(request)
@@ -611,3 +789,80 @@ class Sandbox:
         with self._lock:
             order = self._orders[str(order_id).strip()]
             return json_reply(200, self._order_truth(order, self._now()))
+
+    def _control_panel_order(self, raw: bytes) -> Reply:
+        data = _parse_object(raw) or {}
+        try:
+            send_at, created_at = data.get("send_at"), data.get("created_at")
+            recipients = data.get("recipients", 1)
+            order_id = data.get("order_id")
+            if not isinstance(send_at, str) or not isinstance(created_at, str):
+                raise ValueError(
+                    'the body must be {"send_at": ISO-8601, "created_at": ISO-8601'
+                    '[, "recipients": n][, "order_id": "..."]}'
+                )
+            if order_id is not None and not isinstance(order_id, str | int):
+                raise ValueError(f"order_id must be text, got {order_id!r}")
+            new_id = self.add_panel_order(
+                datetime.fromisoformat(send_at),
+                created_at=datetime.fromisoformat(created_at),
+                recipients=recipients,
+                order_id=None if order_id is None else str(order_id),
+            )
+        except ValueError as exc:
+            return json_reply(400, {"error": str(exc)})
+        return self._order_reply(new_id)
+
+    def _control_panel_cancel(self, raw: bytes) -> Reply:
+        data = _parse_object(raw) or {}
+        order_id = data.get("order_id")
+        try:
+            if not isinstance(order_id, str | int):
+                raise ValueError('the body must be {"order_id": "..."}')
+            self.cancel_in_panel(str(order_id))
+        except ValueError as exc:
+            return json_reply(400, {"error": str(exc)})
+        return self._order_reply(str(order_id).strip())
+
+    def _control_undelivered(self, raw: bytes) -> Reply:
+        data = _parse_object(raw) or {}
+        order_id, undelivered = data.get("order_id"), data.get("undelivered")
+        try:
+            if not isinstance(order_id, str | int) or not isinstance(undelivered, int):
+                raise ValueError('the body must be {"order_id": "...", "undelivered": n}')
+            self.set_undelivered(str(order_id), undelivered)
+        except ValueError as exc:
+            return json_reply(400, {"error": str(exc)})
+        return self._order_reply(str(order_id).strip())
+
+    def _control_listing(self, raw: bytes) -> Reply:
+        data = _parse_object(raw) or {}
+        status = data.get("pending_status")
+        try:
+            if not isinstance(status, int):
+                raise ValueError('the body must be {"pending_status": 113 | 114 | 115}')
+            self.set_pending_listing_status(status)
+        except ValueError as exc:
+            return json_reply(400, {"error": str(exc)})
+        return json_reply(200, {"pending_status": status})
+
+    def _order_reply(self, order_id: str) -> Reply:
+        with self._lock:
+            return json_reply(200, self._order_truth(self._orders[order_id], self._now()))
+
+
+def _check_listing_status(status: object) -> None:
+    if isinstance(status, bool) or status not in _LISTING_STATUSES:
+        raise ValueError(
+            f"the listing status of orders not yet due must be 113, 114 or 115, got {status!r}"
+        )
+
+
+def _day(value: object) -> date | None:
+    """A get-reports `start` or `end` ("YYYY-MM-DD"); None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, REPORTS_DATE_FORMAT).date()
+    except ValueError:
+        return None
