@@ -786,7 +786,8 @@ def soak(
     with ledger_url(args, folder) as (url, where), SoakSandbox(timing, seed) as sandbox:
         daemons = Daemons(folder, url, sandbox.url, timing)
         caller_config = daemons.config("caller")
-        ledger = Ledger.from_config(caller_config)  # creates the schema before the daemons start
+        # The caller logs to its own file, as the daemons do; creates the schema before they start.
+        ledger = Ledger.from_config(caller_config, setup_logging=True)
         say(
             f"soak: {args.orders} orders, {args.minutes:g} min, {where}, seed {seed}; margins "
             f"refuse {timing.refuse:g} s, warn {timing.warn:g} s, queue lead "

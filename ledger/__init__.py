@@ -1,6 +1,7 @@
 """smsledger's durable record: scheduled orders, their states and an append-only history.
 
-Importing this package configures nothing (no logging, no database): see `Ledger` and
+Importing this package configures nothing (no database, and no logging but the `NullHandler`
+on the ``smsledger`` logger that libraries add): see `Ledger`, `ledger._log` and
 `configure_logging`.
 """
 
@@ -29,6 +30,10 @@ from ledger.logsetup import configure_logging
 from ledger.models import Delivery, Event, Order
 from ledger.states import FINAL_STATES, TRANSITIONS, OrderState
 from ledger.store import TransitionResult
+
+#: Marks this package as smsledger's own (PyPI has an unrelated `ledger`): see
+#: `scheduler.cli.origin`.
+__smsledger__ = True
 
 __all__ = [
     "FINAL_STATES",

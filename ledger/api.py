@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import structlog
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ledger._clock import ensure_aware, utcnow
+from ledger._log import get_logger
 from ledger.campaigns import LabelSummary
 from ledger.cancels import (
     CancelDecision,
@@ -51,9 +51,11 @@ __all__ = [
     "os_user",
 ]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: The ledger a `Ledger()` given neither a URL nor an engine opens.
+DEFAULT_URL = "sqlite:///smsledger.db"
 #: The longest note (and name) `Ledger.resolve` keeps.
 NOTE_MAX = 1000
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
@@ -180,12 +182,17 @@ class Ledger:
     ``create=False`` skips that for a ledger known to be current. ``must_exist=True`` (what the
     command's reading commands use) raises `NoLedger` instead of creating a ledger where there
     is none: no SQLite file is made, and an empty database is not given the schema.
+
+    ``engine`` instead of `url`: an application's SQLAlchemy `Engine` (SQLite or PostgreSQL). The
+    ledger shares its pool, leaves its connections' settings alone (`synchronous` and
+    `busy_timeout` are then the engine's business) and never disposes it: `close` only lets go.
     """
 
     def __init__(
         self,
-        url: str = "sqlite:///smsledger.db",
+        url: str | None = None,
         *,
+        engine: Engine | None = None,
         warn_before: timedelta = DEFAULT_WARN_BEFORE,
         refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
@@ -196,8 +203,14 @@ class Ledger:
     ) -> None:
         self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
+        if url is not None and engine is not None:
+            raise InvalidInput("give the ledger a URL or an engine, not both")
         self.store = Store(
-            url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+            DEFAULT_URL if url is None else url,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            must_exist=must_exist,
+            engine=engine,
         )
         try:
             if must_exist:
@@ -222,11 +235,15 @@ class Ledger:
         cls,
         path: str | os.PathLike[str] | Config | None = None,
         *,
-        setup_logging: bool = True,
+        setup_logging: bool = False,
         clock: Callable[[], datetime] = utcnow,
         must_exist: bool = False,
     ) -> Ledger:
-        """Open the ledger a config file describes, and set up logging from its ``[log]``."""
+        """Open the ledger a config file describes.
+
+        Logging is the application's: only ``setup_logging=True`` (what a program that wants the
+        command's JSON-lines file asks for) configures it, for the whole process, from ``[log]``.
+        """
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))

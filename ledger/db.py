@@ -61,6 +61,11 @@ def _enable_wal(cursor: Any, busy_timeout: float) -> None:
             return
 
 
+def _begin_sqlite(conn: Connection) -> None:
+    """Start a SQLite transaction: ``BEGIN IMMEDIATE`` for writes (see the module docstring)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
 def _is_unusable(exc: BaseException) -> bool:
     """Whether a database error means the database cannot be used at all (unreachable, locked,
     damaged, not a database) rather than that a statement was wrong (a constraint, a bug).
@@ -104,12 +109,17 @@ class Database:
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         must_exist: bool = False,
+        engine: Engine | None = None,
     ) -> None:
-        """Open (lazily) the database at `url`.
+        """Open (lazily) the database at `url`, or use the application's `engine`.
 
         `must_exist`: a SQLite file that is not there raises `NoLedger` instead of being created,
         and is opened read-write without create, so one removed later is not made again either.
         """
+        self._owns_engine = engine is None
+        if engine is not None:
+            self._use_engine(engine)
+            return
         self.url = url
         try:
             parsed = sa.make_url(url)
@@ -148,6 +158,23 @@ class Database:
         if self.dialect == "sqlite":
             self._setup_sqlite(synchronous.upper(), busy_timeout)
 
+    def _use_engine(self, engine: Engine) -> None:
+        """Run on an application's engine, leaving its own connections as they are.
+
+        The ledger works on a copy that shares the engine's pool (`Engine.execution_options`):
+        listeners added to the copy apply to the ledger's transactions only. On SQLite the
+        ledger's write transactions still start with ``BEGIN IMMEDIATE``; the connection
+        settings (WAL, busy timeout, synchronous) stay the application's, as the README says.
+        """
+        self.url = engine.url.render_as_string(hide_password=True)
+        self.dialect = engine.dialect.name
+        self.engine = engine.execution_options()
+        self._write_lock = (
+            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
+        if self.dialect == "sqlite":
+            sa_event.listen(self.engine, "begin", _begin_sqlite)
+
     def _setup_sqlite(self, synchronous: str, busy_timeout: float) -> None:
         @sa_event.listens_for(self.engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -160,12 +187,7 @@ class Database:
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.close()
 
-        @sa_event.listens_for(self.engine, "begin")
-        def _begin(conn: Connection) -> None:
-            if conn.get_execution_options().get(_WRITE):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                conn.exec_driver_sql("BEGIN")
+        sa_event.listen(self.engine, "begin", _begin_sqlite)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -221,7 +243,9 @@ class Database:
         return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        """Close the ledger's connections; an application's engine is left to the application."""
+        if self._owns_engine:
+            self.engine.dispose()
 
     @property
     def database_file(self) -> Path | None:

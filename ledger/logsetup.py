@@ -1,7 +1,9 @@
 """JSON-lines logging for smsledger, and the processor that keeps credentials out of it.
 
-Importing `ledger` configures nothing: a program that builds `Ledger(...)` itself keeps its own
-structlog setup. The command, the daemon and `Ledger.from_config` call `configure_logging`.
+Importing `ledger` configures nothing, and library code never writes a stream of its own (see
+`ledger._log`): an application keeps its own structlog and `logging` setup. Only the command, the
+daemon and ``Ledger.from_config(..., setup_logging=True)`` call `configure_logging`, which
+configures structlog for the whole process.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 from ledger.config import LogConfig
 
@@ -77,9 +80,7 @@ class SecretRedactor:
         # Anything else would be stringified by the renderer: scrub that string now.
         return self.scrub(str(value))
 
-    def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):
             value = event_dict[key]
             if key.lower() in _SENSITIVE_KEYS and value:
@@ -149,16 +150,12 @@ class _AppendLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-class _StreamLogger:
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
+class _StreamLogger(structlog.WriteLogger):
+    """structlog's `WriteLogger`, counting a line it cannot write instead of raising."""
 
     def msg(self, message: str) -> None:
         try:
-            with self._lock:
-                self._stream.write(message + "\n")
-                self._stream.flush()
+            super().msg(message)
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed
             _write_failed("on stderr", exc if isinstance(exc, OSError) else OSError(str(exc)))
 
@@ -191,7 +188,7 @@ def reopen_log_files() -> list[str]:
 
 
 def configure_logging(
-    log: LogConfig, *, secrets: Iterable[str] = (), stream: IO[str] | None = None
+    log: LogConfig, *, secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
     """Send structlog events to `log.path` as JSON lines (``-`` writes to `stream` or stderr).
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
+from ledger._log import get_logger
 from ledger._urls import display_url
 from ledger.db import Database
 from ledger.errors import IllegalTransition, LedgerError
@@ -32,7 +32,7 @@ from ledger.states import OrderState, is_legal
 
 __all__ = ["Change", "ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
@@ -206,13 +206,19 @@ class Store:
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         must_exist: bool = False,
+        engine: Engine | None = None,
     ) -> None:
-        """Query the database at `url` (opened lazily, see `Database`), or an open `Database`."""
+        """Query the database at `url` (opened lazily, see `Database`), an open `Database`, or
+        the application's `engine`."""
         self.db = (
             url
             if isinstance(url, Database)
             else Database(
-                url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+                url,
+                synchronous=synchronous,
+                busy_timeout=busy_timeout,
+                must_exist=must_exist,
+                engine=engine,
             )
         )
         #: Which state changes write an alert in their own transaction (None: alerts are off).

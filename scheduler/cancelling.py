@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from ledger._log import get_logger
 from ledger.api import Ledger
 from ledger.leads import Source
 from ledger.margins import Margins, Window
@@ -42,7 +43,7 @@ from scheduler.provider.errors import ProviderAuthError, ProviderError, Provider
 
 __all__ = ["CancelSequence"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: The longest wait between two reads of a failing provider.
 BACKOFF_CAP_SECONDS = 30.0

@@ -41,10 +41,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger._log import get_logger
 from ledger.config import AlertsConfig, SchedulerConfig
 from ledger.logsetup import configure_logging, reopen_log_files
 from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
@@ -64,7 +64,7 @@ from scheduler.skew import SkewEstimator
 
 __all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: Orders moved per transaction by the refuse and dispatch steps.
 BATCH = 1000

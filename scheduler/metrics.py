@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from ledger import LedgerError, OrderState, heartbeats, outbox, stats
+from ledger._log import get_logger
 from ledger.config import parse_listen
 from scheduler.daemon import Daemon
 from scheduler.provider.client import CallObserved
@@ -39,7 +39,7 @@ __all__ = [
     "readiness",
 ]
 
-log = structlog.get_logger("smsledger.metrics")
+log = get_logger("smsledger.metrics")
 
 #: The orders-per-state gauge is recounted at most this often (a scan of the state index).
 ORDER_COUNT_SECONDS = 15.0

@@ -22,9 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import structlog
-
 from ledger import Ledger, LedgerError, Order, OrderState
+from ledger._log import get_logger
 from ledger.leads import (
     PENDING_CODE,
     QUEUED_CODES,
@@ -53,7 +52,7 @@ __all__ = [
     "probe_targets",
 ]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 DEFAULT_PROBE_ORDERS_PER_DAY = 24
 DEFAULT_MAX_PROBES_PER_ORDER = 12

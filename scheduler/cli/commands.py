@@ -46,6 +46,7 @@ from ledger import (
     outbox,
     utcnow,
 )
+from ledger._log import get_logger
 from ledger._urls import display_url
 from ledger.api import check_label, check_order_id
 from ledger.cancels import ON_TRACK, refusal
@@ -70,6 +71,7 @@ from scheduler.cli.logs import (
     rotated_logs,
     with_registration,
 )
+from scheduler.cli.origin import foreign_packages
 from scheduler.cli.output import (
     cancel_json,
     escape,
@@ -109,7 +111,7 @@ from scheduler.skew import SkewEstimator
 
 __all__ = ["HANDLERS", "Context", "Handler", "load_context", "run_demo", "run_sandbox"]
 
-log = structlog.get_logger("smsledger.cli")
+log = get_logger("smsledger.cli")
 
 #: How often `cancel --wait` and `logs --follow` look again, in seconds.
 POLL_SECONDS = 0.2
@@ -733,6 +735,8 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
         except ProviderError as exc:
             fail("provider", EXIT_FAILED, str(exc))
         _check_skew(skew.skew_seconds, config.scheduler.max_clock_skew_seconds, lines, fail)
+    # A warning: the exit code stays what the other checks said.
+    lines.extend(("packages", "WARN", problem) for problem in foreign_packages())
     width = max(len(name) for name, _, _ in lines)
     say(
         [

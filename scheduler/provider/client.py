@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo
 
 import httpcore
 import httpx
-import structlog
 
+from scheduler.provider._log import get_logger
 from scheduler.provider.errors import (
     ProviderAuthError,
     ProviderError,
@@ -91,9 +91,9 @@ __all__ = [
 #: report lists at most 1000 numbers a page.
 MAX_ANSWER_BYTES = 1024 * 1024
 
-# A lazy proxy: it binds on each call, so a structlog configured later (or captured in a test)
-# still applies.
-log = structlog.get_logger("smsledger.provider")
+# Decides on each call (the application's structlog or its `logging`), so a logging set up later,
+# or captured in a test, still applies.
+log = get_logger("smsledger.provider")
 _REDACTED = "[REDACTED]"
 _DETAIL_MAX_CHARS = 200
 

@@ -560,7 +560,7 @@ def test_ledger_from_config_logs_state_changes_to_the_configured_file(
         f'[api]\nkey = "{KEY}"\nhash = "{HASH}"\n'
     )
 
-    with Ledger.from_config(path) as ledger:
+    with Ledger.from_config(path, setup_logging=True) as ledger:
         ledger.register("o1", send_at=ledger.now() + timedelta(hours=1))
     structlog.get_logger("test").info("echo", detail=f"key={KEY} hash={HASH}")
 

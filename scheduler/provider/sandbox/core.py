@@ -16,8 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-import structlog
-
+from scheduler.provider._log import get_logger
 from scheduler.provider.sandbox.faults import _FAULT_FIELDS, Faults, _check_number, _Fault
 from scheduler.provider.sandbox.replies import (
     DROP,
@@ -58,7 +57,7 @@ __all__ = [
     "Sandbox",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger("smsledger.sandbox")
 
 DEFAULT_KEY: Final = "sandbox-key"
 DEFAULT_HASH: Final = "sandbox-hash"
