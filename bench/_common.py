@@ -75,7 +75,7 @@ SIZES: dict[str, Size] = {
         1_000_000,
         300,
         5,
-        {1: 100, 8: 1_000, 32: 1_000},
+        {1: 100, 8: 1_000, 32: 3_000},
         150,
     ),
 }
@@ -182,23 +182,34 @@ def write_config(
     poll_seconds: float = 1.0,
     max_concurrent_cancels: int = 16,
     level: str = "info",
+    timeout_seconds: float = 10,
+    margins: tuple[float, float] | None = None,
+    once_deadline_seconds: float = 600.0,
 ) -> Path:
-    """A config file for a daemon of the benchmarks (sandbox credentials, default margins)."""
+    """A config file for a daemon of the benchmarks: sandbox credentials, and the default margins
+    unless `margins` gives (warn_before_seconds, refuse_before_seconds)."""
+    windows = ""
+    if margins is not None:
+        windows = (
+            f"\n[windows]\nwarn_before_seconds = {margins[0]}\n"
+            f"refuse_before_seconds = {margins[1]}\n"
+        )
     path.write_text(
         f"""\
 [ledger]
 url = {json.dumps(ledger_url)}
 synchronous = "FULL"
-
+{windows}
 [api]
 base_url = {json.dumps(base_url)}
 key = {json.dumps(SANDBOX_KEY)}
 hash = {json.dumps(SANDBOX_HASH)}
-timeout_seconds = 10
+timeout_seconds = {timeout_seconds}
 
 [scheduler]
 poll_seconds = {poll_seconds}
 max_concurrent_cancels = {max_concurrent_cancels}
+once_deadline_seconds = {once_deadline_seconds}
 
 [log]
 path = {json.dumps(str(log_path))}
@@ -262,16 +273,20 @@ class ChildRun:
     returncode: int
     max_rss_kib: int
     stderr: str
+    #: User plus system CPU of the child, start-up included.
+    cpu_seconds: float = 0.0
 
 
-#: Runs argv[2:] and writes "peak-RSS-KiB seconds" of that child to argv[1]. A launcher of its
-#: own because Linux counts the memory of the process that forked towards the child's ru_maxrss
-#: (the benchmark process holds a million orders); this small parent keeps that floor low.
+#: Runs argv[2:] and writes "peak-RSS-KiB seconds CPU-seconds" of that child to argv[1]. A
+#: launcher of its own because Linux counts the memory of the process that forked towards the
+#: child's ru_maxrss (the benchmark process holds a million orders); this small parent keeps that
+#: floor low.
 _LAUNCHER = (
     "import pathlib, resource, subprocess, sys, time; t = time.perf_counter(); "
     "rc = subprocess.call(sys.argv[2:]); t = time.perf_counter() - t; "
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
-    "pathlib.Path(sys.argv[1]).write_text(f'{rss} {t}'); sys.exit(rc)"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "pathlib.Path(sys.argv[1]).write_text(f'{u.ru_maxrss} {t} {u.ru_utime + u.ru_stime}'); "
+    "sys.exit(rc)"
 )
 
 
@@ -289,8 +304,8 @@ def run_child(argv: Sequence[str], *, timeout: float = 600.0) -> ChildRun:
             timeout=timeout,
             check=False,
         )
-        rss, seconds = out.read_text().split()
-    return ChildRun(float(seconds), proc.returncode, int(rss), proc.stderr)
+        rss, seconds, cpu = out.read_text().split()
+    return ChildRun(float(seconds), proc.returncode, int(rss), proc.stderr, float(cpu))
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:
@@ -316,6 +331,28 @@ def once_pass_seconds(log_path: Path) -> float:
     if len(started) != 1 or len(done) != 1:
         raise RuntimeError(f"{log_path}: expected one daemon_started and one pass_once_done")
     return log_time(done[0]) - log_time(started[0])
+
+
+def provider_span_seconds(log_path: Path) -> float:
+    """A `run --once` from its first provider call to the end of its pass, from its log.
+
+    The issue's "first provider call until the last order is final": the first call starts at
+    its ``provider_call`` line's timestamp minus its ``duration_ms``; ``pass_once_done`` is
+    written once the last worker has finished. Without provider call lines (a quieter log), the
+    pass from ``daemon_started``.
+    """
+    events = log_events(log_path)
+    calls = [
+        log_time(e) - float(e.get("duration_ms", 0.0)) / 1000
+        for e in events
+        if e.get("event") == "provider_call"
+    ]
+    if not calls:
+        return once_pass_seconds(log_path)
+    done = [log_time(e) for e in events if e.get("event") == "pass_once_done"]
+    if len(done) != 1:
+        raise RuntimeError(f"{log_path}: expected one pass_once_done")
+    return done[0] - min(calls)
 
 
 # -- the sandbox in its own process -----------------------------------------------------------

@@ -81,7 +81,8 @@ def build(path: Path, scheduled: int, final: int) -> dict[str, int]:
             client.close()
         for i in range(dispatched, final):
             oid = str(base + i)
-            ledger.register(oid, now + timedelta(seconds=120))
+            # Not `now`: building a big ledger on a loaded machine can take more than 120 s.
+            ledger.register(oid, datetime.now(UTC) + timedelta(seconds=120))
             with contextlib.suppress(CancelRefused):
                 ledger.request_cancel(oid)
     finally:

@@ -91,6 +91,18 @@ def _naive(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(tzinfo=None)
 
 
+def _copy_rows(
+    cur: Any, order_rows: Sequence[tuple[Any, ...]], event_rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """COPY orders and their events rows in (the columns of `_ORDER_COLS`, `_EVENT_COLS`)."""
+    with cur.copy(f"COPY smsledger_orders ({_ORDER_COLS}) FROM STDIN") as out:
+        for order_row in order_rows:
+            out.write_row(order_row)
+    with cur.copy(f"COPY smsledger_order_events ({_EVENT_COLS}) FROM STDIN") as out:
+        for event_row in event_rows:
+            out.write_row(event_row)
+
+
 def raw_bulk(url: str, schema: str, rows: Sequence[tuple[str, datetime]], *, copy: bool) -> None:
     """The baseline: the same orders and events rows through psycopg, one transaction."""
     psycopg = _psycopg()
@@ -103,12 +115,7 @@ def raw_bulk(url: str, schema: str, rows: Sequence[tuple[str, datetime]], *, cop
         event_rows = [(oid, now, None, "scheduled", "registered", None) for oid, _ in rows]
         with conn.cursor() as cur:
             if copy:
-                with cur.copy(f"COPY smsledger_orders ({_ORDER_COLS}) FROM STDIN") as out:
-                    for order_row in order_rows:
-                        out.write_row(order_row)
-                with cur.copy(f"COPY smsledger_order_events ({_EVENT_COLS}) FROM STDIN") as out:
-                    for event_row in event_rows:
-                        out.write_row(event_row)
+                _copy_rows(cur, order_rows, event_rows)
             else:
                 cur.executemany(
                     f"INSERT INTO smsledger_orders ({_ORDER_COLS}) "
@@ -207,12 +214,7 @@ def _build(url: str, schema: str, n: int, final: int) -> None:
         event_rows.append((oid, now, "scheduled", state, "bench", None))
     with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
         with conn.cursor() as cur:
-            with cur.copy(f"COPY smsledger_orders ({_ORDER_COLS}) FROM STDIN") as out:
-                for order_row in order_rows:
-                    out.write_row(order_row)
-            with cur.copy(f"COPY smsledger_order_events ({_EVENT_COLS}) FROM STDIN") as out:
-                for event_row in event_rows:
-                    out.write_row(event_row)
+            _copy_rows(cur, order_rows, event_rows)
         conn.commit()
         conn.autocommit = True
         conn.execute("ANALYZE smsledger_orders")

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import alternative, cancels, latency, pass_cost, postgres, registration
+from bench import alternative, cancels, latency, metrics, pass_cost, postgres, registration
 from bench._common import SIZES, Context, fsync_ms, load, machine, say
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "pass": ("4. A pass does not grow with the ledger", pass_cost.run),
     "cancels": ("5. Cancel throughput", cancels.run),
     "latency": ("6. Request to first provider call", latency.run),
+    "metrics": ("7. Metrics cost nothing in a pass; a scrape stays cheap", metrics.run),
     "postgres": ("PostgreSQL", postgres.run),
 }
 

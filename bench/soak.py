@@ -53,12 +53,11 @@ from typing import Any, TextIO
 
 from bench._common import (
     REPO,
-    SANDBOX_HASH,
-    SANDBOX_KEY,
     SandboxProcess,
     daemon_argv,
     daemon_env,
     say,
+    write_config,
 )
 from ledger import FINAL_STATES, CancelRefused, Ledger, OrderState
 
@@ -320,33 +319,16 @@ def write_soak_config(
     path: Path, *, ledger_url: str, sandbox_url: str, log_path: Path, timing: Timing
 ) -> Path:
     """Sandbox credentials, the scaled margins, a short timeout and a quick poll."""
-    path.write_text(
-        f"""\
-[ledger]
-url = {json.dumps(ledger_url)}
-synchronous = "FULL"
-
-[windows]
-warn_before_seconds = {timing.warn}
-refuse_before_seconds = {timing.refuse}
-
-[api]
-base_url = {json.dumps(sandbox_url)}
-key = {json.dumps(SANDBOX_KEY)}
-hash = {json.dumps(SANDBOX_HASH)}
-timeout_seconds = {timing.api_timeout}
-
-[scheduler]
-poll_seconds = {timing.poll}
-max_concurrent_cancels = 8
-
-[log]
-path = {json.dumps(str(log_path))}
-level = "info"
-""",
-        encoding="utf-8",
+    return write_config(
+        path,
+        ledger_url=ledger_url,
+        log_path=log_path,
+        base_url=sandbox_url,
+        poll_seconds=timing.poll,
+        max_concurrent_cancels=8,
+        timeout_seconds=timing.api_timeout,
+        margins=(timing.warn, timing.refuse),
     )
-    return path
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -804,7 +786,8 @@ def soak(
     with ledger_url(args, folder) as (url, where), SoakSandbox(timing, seed) as sandbox:
         daemons = Daemons(folder, url, sandbox.url, timing)
         caller_config = daemons.config("caller")
-        ledger = Ledger.from_config(caller_config)  # creates the schema before the daemons start
+        # The caller logs to its own file, as the daemons do; creates the schema before they start.
+        ledger = Ledger.from_config(caller_config, setup_logging=True)
         say(
             f"soak: {args.orders} orders, {args.minutes:g} min, {where}, seed {seed}; margins "
             f"refuse {timing.refuse:g} s, warn {timing.warn:g} s, queue lead "

@@ -1,11 +1,14 @@
 """smsledger's durable record: scheduled orders, their states and an append-only history.
 
-Importing this package configures nothing (no logging, no database): see `Ledger` and
+Importing this package configures nothing (no database, and no logging but the `NullHandler`
+on the ``smsledger`` logger that libraries add): see `Ledger`, `ledger._log` and
 `configure_logging`.
 """
 
 from ledger._clock import utcnow
 from ledger.api import Ledger
+from ledger.campaigns import LabelSummary
+from ledger.cancels import CancelOutcome, CancelResult, CancelSummary
 from ledger.config import Config, load_config
 from ledger.errors import (
     CancelNotPossible,
@@ -28,17 +31,25 @@ from ledger.models import Delivery, Event, Order
 from ledger.states import FINAL_STATES, TRANSITIONS, OrderState
 from ledger.store import TransitionResult
 
+#: Marks this package as smsledger's own (PyPI has an unrelated `ledger`): see
+#: `scheduler.cli.origin`.
+__smsledger__ = True
+
 __all__ = [
     "FINAL_STATES",
     "TRANSITIONS",
     "CancelNotPossible",
+    "CancelOutcome",
     "CancelRefused",
+    "CancelResult",
+    "CancelSummary",
     "Config",
     "ConfigError",
     "Delivery",
     "Event",
     "IllegalTransition",
     "InvalidInput",
+    "LabelSummary",
     "Ledger",
     "LedgerError",
     "LedgerUnavailable",

@@ -6,15 +6,24 @@ import getpass
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-import structlog
+from sqlalchemy.engine import Connection, Engine
 
 from ledger._clock import ensure_aware, utcnow
+from ledger._log import get_logger
+from ledger.campaigns import LabelSummary
+from ledger.cancels import (
+    CancelDecision,
+    CancelOutcome,
+    CancelResult,
+    CancelSummary,
+    decide_cancel,
+    refusal,
+)
 from ledger.config import Config, find_config_path, load_config
 from ledger.errors import (
-    CancelNotPossible,
-    CancelRefused,
     InvalidInput,
     NoLedger,
     NotResolvable,
@@ -22,36 +31,43 @@ from ledger.errors import (
     RegistrationConflict,
 )
 from ledger.logsetup import configure_logging
-from ledger.margins import Window, window
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins
 from ledger.models import ORDER_ID_MAX, Event, Order
 from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
-from ledger.states import RESOLVABLE, OrderState
-from ledger.store import ConcurrentRegistration, Store, TransitionResult, display_url
+from ledger.states import FINAL_STATES, RESOLVABLE, OrderState
+from ledger.store import Change, ConcurrentRegistration, Store, display_url
 
 __all__ = [
+    "CANCEL_BATCH",
     "LABEL_MAX",
     "NOTE_MAX",
     "Ledger",
+    "Registered",
+    "check_future",
     "check_label",
     "check_order_id",
     "is_control",
     "os_user",
 ]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 LABEL_MAX = 200
+#: The ledger a `Ledger()` given neither a URL nor an engine opens.
+DEFAULT_URL = "sqlite:///smsledger.db"
 #: The longest note (and name) `Ledger.resolve` keeps.
 NOTE_MAX = 1000
 #: Unicode categories `is_control` refuses in labels and the command escapes when printing.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
-#: Asking again for a cancel that is already under way (or done) changes nothing.
-_ALREADY_CANCELLING = frozenset(
-    {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
-)
+#: Orders one transaction of `Ledger.request_cancel_many` decides and writes: a campaign of
+#: 100,000 holds the write lock 200 times briefly instead of once for long.
+CANCEL_BATCH = 500
+#: The reason recorded for a new order.
+_REGISTERED = "registered"
+_T = TypeVar("_T")
 
 
 def check_order_id(order_id: object) -> str:
@@ -99,12 +115,58 @@ def check_label(label: str | None, *, what: str = "label", most: int = LABEL_MAX
     return label
 
 
+def check_future(order_id: str, send_at: datetime, now: datetime) -> None:
+    """Refuse to register an order whose send time has come: there is nothing left to cancel."""
+    if send_at <= now:
+        raise InvalidInput(
+            f"order {order_id}: send time {send_at.isoformat()} is not in the future; "
+            "there is nothing left to cancel"
+        )
+
+
+class Registered(int):
+    """How many orders `Ledger.register_many` registered anew (an int, as it always was), with
+    `already`: how many items were already registered with the same time, or repeated."""
+
+    already: int
+
+    def __new__(cls, new: int, *, already: int = 0) -> Registered:
+        value = super().__new__(cls, new)
+        value.already = already
+        return value
+
+    def __repr__(self) -> str:
+        return f"Registered({int(self)}, already={self.already})"
+
+
 def os_user() -> str:
     """Who runs this process, as the OS knows them ("unknown" when it cannot tell)."""
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name, no passwd entry (containers)
         return "unknown"
+
+
+def _new_order(
+    order_id: str, send_at: datetime, label: str | None, now: datetime, reason: str
+) -> Order:
+    """The order as `Store.insert_new` writes it: scheduled, unclaimed, nothing attempted."""
+    return Order(
+        order_id=order_id,
+        send_at=send_at,
+        state=OrderState.SCHEDULED,
+        label=label,
+        reason=reason,
+        cancel_requested_at=None,
+        cancel_attempts=0,
+        check_attempts=0,
+        last_provider_code=None,
+        warned_at=None,
+        claim_owner=None,
+        claim_expires_at=None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 class Ledger:
@@ -120,32 +182,35 @@ class Ledger:
     ``create=False`` skips that for a ledger known to be current. ``must_exist=True`` (what the
     command's reading commands use) raises `NoLedger` instead of creating a ledger where there
     is none: no SQLite file is made, and an empty database is not given the schema.
+
+    ``engine`` instead of `url`: an application's SQLAlchemy `Engine` (SQLite or PostgreSQL). The
+    ledger shares its pool, leaves its connections' settings alone (`synchronous` and
+    `busy_timeout` are then the engine's business) and never disposes it: `close` only lets go.
     """
 
     def __init__(
         self,
-        url: str = "sqlite:///smsledger.db",
+        url: str | None = None,
         *,
-        warn_before: timedelta = timedelta(minutes=15),
-        refuse_before: timedelta = timedelta(minutes=5),
+        engine: Engine | None = None,
+        warn_before: timedelta = DEFAULT_WARN_BEFORE,
+        refuse_before: timedelta = DEFAULT_REFUSE_BEFORE,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         create: bool = True,
         must_exist: bool = False,
     ) -> None:
-        if refuse_before < timedelta(0):
-            raise InvalidInput("refuse_before must not be negative")
-        if refuse_before >= warn_before:
-            raise InvalidInput(
-                f"refuse_before ({refuse_before.total_seconds():g} s) must be smaller than "
-                f"warn_before ({warn_before.total_seconds():g} s)"
-            )
-        self.warn_before = warn_before
-        self.refuse_before = refuse_before
+        self.margins = Margins(warn_before, refuse_before)
         self._clock = clock
+        if url is not None and engine is not None:
+            raise InvalidInput("give the ledger a URL or an engine, not both")
         self.store = Store(
-            url, synchronous=synchronous, busy_timeout=busy_timeout, must_exist=must_exist
+            DEFAULT_URL if url is None else url,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            must_exist=must_exist,
+            engine=engine,
         )
         try:
             if must_exist:
@@ -170,11 +235,15 @@ class Ledger:
         cls,
         path: str | os.PathLike[str] | Config | None = None,
         *,
-        setup_logging: bool = True,
+        setup_logging: bool = False,
         clock: Callable[[], datetime] = utcnow,
         must_exist: bool = False,
     ) -> Ledger:
-        """Open the ledger a config file describes, and set up logging from its ``[log]``."""
+        """Open the ledger a config file describes.
+
+        Logging is the application's: only ``setup_logging=True`` (what a program that wants the
+        command's JSON-lines file asks for) configures it, for the whole process, from ``[log]``.
+        """
         config = path if isinstance(path, Config) else load_config(find_config_path(path))
         if setup_logging:
             configure_logging(config.log, secrets=(config.api.key, config.api.hash))
@@ -190,6 +259,14 @@ class Ledger:
         if config.alerts.enabled:
             ledger.store.alerts = AlertPolicy(frozenset(config.alerts.events))
         return ledger
+
+    @property
+    def warn_before(self) -> timedelta:
+        return self.margins.warn_before
+
+    @property
+    def refuse_before(self) -> timedelta:
+        return self.margins.refuse_before
 
     def now(self) -> datetime:
         """The ledger's clock: aware UTC."""
@@ -215,7 +292,7 @@ class Ledger:
         send_at: datetime,
         label: str | None = None,
         *,
-        reason: str = "registered",
+        reason: str = _REGISTERED,
     ) -> Order:
         """Record a scheduled order; registering the same id and time again changes nothing.
 
@@ -224,55 +301,38 @@ class Ledger:
         oid = check_order_id(order_id)
         when = ensure_aware(send_at, "send_at")
         label = check_label(label)
-        for attempt in range(_REGISTER_TRIES):
-            now = self.now()
-            try:
-                with self.store.write() as conn:
-                    existing = self.store.get(oid, conn)
-                    if existing is not None:
-                        if existing.send_at != when:
-                            raise RegistrationConflict(oid, existing.send_at, when)
-                        return existing
-                    self._refuse_past([(oid, when)], now)
-                    self.store.insert_new(conn, [(oid, when, label)], now, reason)
-                    order = Order(
-                        order_id=oid,
-                        send_at=when,
-                        state=OrderState.SCHEDULED,
-                        label=label,
-                        reason=reason,
-                        cancel_requested_at=None,
-                        cancel_attempts=0,
-                        check_attempts=0,
-                        last_provider_code=None,
-                        warned_at=None,
-                        claim_owner=None,
-                        claim_expires_at=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-            except ConcurrentRegistration:
-                if attempt + 1 == _REGISTER_TRIES:
-                    raise
-                continue  # the other process's row is committed now: decide again on it
-            assert order is not None
-            self.store._log_change(oid, None, OrderState.SCHEDULED, reason, None)
-            return order
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def decide(conn: Connection, now: datetime) -> tuple[Order, bool]:
+            existing = self.store.get(oid, conn)
+            if existing is not None:
+                if existing.send_at != when:
+                    raise RegistrationConflict(oid, existing.send_at, when)
+                return existing, False
+            self._refuse_past([(oid, when)], now)
+            self.store.insert_new(conn, [(oid, when, label)], now, reason)
+            return _new_order(oid, when, label, now, reason), True
+
+        order, is_new = self._register_retrying(decide)
+        if is_new:
+            self.store.log_registered([oid], reason)
+        return order
 
     def register_many(
         self,
         orders: Iterable[tuple[str, datetime] | tuple[str, datetime, str | None]],
         *,
         label: str | None = None,
-    ) -> int:
+    ) -> Registered:
         """Register many orders in one transaction; return how many were new.
 
+        The count is an int; its `already` says how many items were registered before with the
+        same time, or repeated an earlier item of `orders` (idempotent: they change nothing).
         All or nothing: one bad item (naive time, bad id, an id already registered for another
         time) fails the whole batch and leaves the ledger unchanged.
         """
         default_label = check_label(label)
         batch: dict[str, tuple[str, datetime, str | None]] = {}
+        repeated = 0
         for n, item in enumerate(orders):
             if not isinstance(item, tuple) or len(item) not in (2, 3):
                 raise InvalidInput(f"item {n} must be (order_id, send_at[, label]), got {item!r}")
@@ -283,40 +343,68 @@ class Ledger:
             except InvalidInput as exc:
                 raise InvalidInput(f"order {oid}: {exc}") from None
             seen = batch.get(oid)
-            if seen is not None and seen[1] != when:
-                raise RegistrationConflict(oid, seen[1], when)
+            if seen is not None:
+                if seen[1] != when:
+                    raise RegistrationConflict(oid, seen[1], when)
+                repeated += 1
             batch[oid] = (oid, when, item_label)
         if not batch:
-            return 0
+            return Registered(0, already=repeated)
+
+        def decide(
+            conn: Connection, now: datetime
+        ) -> tuple[list[tuple[str, datetime, str | None]], int]:
+            existing = self.store.existing_send_times(conn, list(batch))
+            for oid, when in existing.items():
+                if batch[oid][1] != when:
+                    raise RegistrationConflict(oid, when, batch[oid][1])
+            new = [row for oid, row in batch.items() if oid not in existing]
+            self._refuse_past([(oid, when) for oid, when, _ in new], now)
+            self.store.insert_new(conn, new, now, _REGISTERED)
+            return new, len(existing)
+
+        new, known = self._register_retrying(decide)
+        self._log_registered(new, known)
+        return Registered(len(new), already=known + repeated)
+
+    def _register_retrying(self, decide: Callable[[Connection, datetime], _T]) -> _T:
+        """Run `decide` in one write transaction at the ledger's `now`; again when it lost a race.
+
+        A registration that lost a race to another process (PostgreSQL only) is rolled back; the
+        other process's rows are committed by then, so deciding again sees them.
+        """
         for attempt in range(_REGISTER_TRIES):
             now = self.now()
             try:
                 with self.store.write() as conn:
-                    existing = self.store.existing_send_times(conn, list(batch))
-                    for oid, when in existing.items():
-                        if batch[oid][1] != when:
-                            raise RegistrationConflict(oid, when, batch[oid][1])
-                    new = [row for oid, row in batch.items() if oid not in existing]
-                    self._refuse_past([(oid, when) for oid, when, _ in new], now)
-                    self.store.insert_new(conn, new, now, "registered")
+                    return decide(conn, now)
             except ConcurrentRegistration:
                 if attempt + 1 == _REGISTER_TRIES:
                     raise
-                continue  # the other process's rows are committed now: decide again on them
-            for oid, _when, _label in new:
-                self.store._log_change(oid, None, OrderState.SCHEDULED, "registered", None)
-            log.info("orders_registered", count=len(new), already_known=len(existing))
-            return len(new)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_registered(new: Sequence[tuple[str, datetime, str | None]], known: int) -> None:
+        """One summary line per bulk call: a line per order cost more than the insert itself.
+
+        Each order's registration stays in its history (and `smsledger logs --order` reads it
+        from there).
+        """
+        fields: dict[str, Any] = {"count": len(new), "already_known": known}
+        if new:
+            labels = sorted({label or "" for _, _, label in new})
+            fields["label"] = labels[0] or None if len(labels) == 1 else None
+            if len(labels) > 1:
+                fields["labels"] = [label or None for label in labels]
+            times = [when for _, when, _ in new]
+            fields["first_send_at"] = min(times).astimezone(UTC).isoformat()
+            fields["last_send_at"] = max(times).astimezone(UTC).isoformat()
+        log.info("orders_registered", **fields)
 
     @staticmethod
     def _refuse_past(items: Sequence[tuple[str, datetime]], now: datetime) -> None:
         for oid, when in items:
-            if when <= now:
-                raise InvalidInput(
-                    f"order {oid}: send time {when.isoformat()} is not in the future; "
-                    "there is nothing left to cancel"
-                )
+            check_future(oid, when, now)
 
     # -- cancels -------------------------------------------------------------------------------
 
@@ -336,59 +424,129 @@ class Ledger:
             order = self.store.get(oid)
             if order is None:
                 raise OrderNotFound(oid)
-            left = order.seconds_left(now)
-            if order.state in _ALREADY_CANCELLING:
+            decision = self._decide(order, now)
+            if decision.to_state is None:  # already under way, or final
+                error = refusal(order, decision.outcome, decision.seconds_left)
+                if error is not None:
+                    raise error
                 return order
-            if order.state in (OrderState.CANCEL_REFUSED, OrderState.DISPATCHED):
-                raise CancelRefused(order, left)
-            if order.state is not OrderState.SCHEDULED:
-                raise CancelNotPossible(order)  # too_late / not_found / needs_attention
-            where = window(order.send_at, now, self.warn_before, self.refuse_before)
-            if where in (Window.REFUSE, Window.PAST):
-                result = self._refuse(order, now, where)
-                if result.applied and result.order is not None:
-                    raise CancelRefused(result.order, left)
-                continue
+            assert decision.to_state is not None and decision.reason is not None
             result = self.store.transition(
                 oid,
                 OrderState.SCHEDULED,
-                OrderState.CANCEL_REQUESTED,
+                decision.to_state,
                 now=now,
-                reason="cancel requested",
-                details={"seconds_left": round(left, 3)},
+                reason=decision.reason,
+                details={"seconds_left": round(decision.seconds_left, 3)},
                 values={"cancel_requested_at": now},
             )
             if not result.applied:
                 continue
-            if where is Window.WARN:
-                log.warning(
-                    "cancel_close_to_dispatch",
-                    order_id=oid,
-                    seconds_left=round(left, 3),
-                    warn_before_seconds=self.warn_before.total_seconds(),
-                )
             assert result.order is not None
+            error = refusal(result.order, decision.outcome, decision.seconds_left)
+            if error is not None:
+                raise error
+            if decision.outcome is CancelOutcome.WARNED:
+                self._log_close_to_dispatch(oid, decision.seconds_left)
             return result.order
         raise InvalidInput(f"order {oid} kept changing state; try again")  # pragma: no cover
 
-    def _refuse(self, order: Order, now: datetime, where: Window) -> TransitionResult:
-        left = order.seconds_left(now)
-        if where is Window.PAST:
-            reason = f"send time passed {abs(left):.0f} s ago"
-        else:
-            reason = (
-                f"inside the refuse margin: {left:.0f} s before dispatch "
-                f"(refuse_before is {self.refuse_before.total_seconds():g} s)"
-            )
-        return self.store.transition(
-            order.order_id,
-            OrderState.SCHEDULED,
-            OrderState.CANCEL_REFUSED,
-            now=now,
-            reason=reason,
-            details={"seconds_left": round(left, 3)},
-            values={"cancel_requested_at": now},
+    def _decide(self, order: Order, now: datetime) -> CancelDecision:
+        return decide_cancel(order, now, self.margins)
+
+    def _log_close_to_dispatch(self, order_id: str, seconds_left: float) -> None:
+        log.warning(
+            "cancel_close_to_dispatch",
+            order_id=order_id,
+            seconds_left=round(seconds_left, 3),
+            warn_before_seconds=self.warn_before.total_seconds(),
         )
+
+    def request_cancel_many(
+        self,
+        order_ids: Iterable[str] | None = None,
+        *,
+        label: str | None = None,
+        dry_run: bool = False,
+    ) -> CancelSummary:
+        """Ask for the cancel of many orders: the given ids, or every order with `label`.
+
+        Each order is decided exactly as `request_cancel` decides it (same margins, same states,
+        same history rows), in batches of at most `CANCEL_BATCH` orders, each batch one
+        transaction; a batch sees its orders locked, so no other process changes them between
+        the decision and the write. Unknown ids are counted, not raised. With `dry_run` nothing
+        is written: the summary says what would happen now. `InvalidInput` (nothing written)
+        for a bad id or label, or for neither or both of `order_ids` and `label`.
+        """
+        if (order_ids is None) == (label is None):
+            raise InvalidInput("give either order ids or a label, not both and not neither")
+        results: list[CancelResult] = []
+        if order_ids is not None:
+            if isinstance(order_ids, str):
+                raise InvalidInput("order_ids must be a list of ids, not one string")
+            ids = list(dict.fromkeys(check_order_id(oid) for oid in order_ids))
+            for start in range(0, len(ids), CANCEL_BATCH):
+                chunk = ids[start : start + CANCEL_BATCH]
+                found = {r.order_id: r for r in self._cancel_batch(chunk, None, dry_run)}
+                results += [
+                    found.get(oid) or CancelResult(oid, CancelOutcome.UNKNOWN, None, None)
+                    for oid in chunk
+                ]
+        else:
+            wanted = check_label(label)
+            assert wanted is not None
+            after = ""
+            while batch := self._cancel_batch(None, (wanted, after), dry_run):
+                results += batch
+                after = batch[-1].order_id
+        summary = CancelSummary.of(results, dry_run=dry_run)
+        log.info(
+            "cancel_many_requested" if not dry_run else "cancel_many_dry_run",
+            label=label,
+            **{outcome.value: count for outcome, count in summary.counts.items()},
+        )
+        return summary
+
+    def _cancel_batch(
+        self, ids: list[str] | None, page: tuple[str, str] | None, dry_run: bool
+    ) -> list[CancelResult]:
+        """Decide and apply the cancels of one batch (ids, or a label page after an id)."""
+        now = self.now()
+        decided: list[tuple[Order, CancelDecision]] = []
+
+        def decide(orders: list[Order]) -> list[Change]:
+            changes = []
+            for order in orders:
+                decision = self._decide(order, now)
+                decided.append((order, decision))
+                if decision.to_state is not None and decision.reason is not None:
+                    changes.append(
+                        Change(
+                            order.order_id,
+                            OrderState.SCHEDULED,
+                            decision.to_state,
+                            decision.reason,
+                            {"seconds_left": round(decision.seconds_left, 3)},
+                        )
+                    )
+            return changes
+
+        self.store.transition_batch(
+            decide,
+            order_ids=ids,
+            label_page=page,
+            limit=CANCEL_BATCH,
+            now=now,
+            values={"cancel_requested_at": now},
+            dry_run=dry_run,
+        )
+        results = []
+        for order, decision in decided:
+            state = decision.to_state or order.state
+            if decision.outcome is CancelOutcome.WARNED and not dry_run:
+                self._log_close_to_dispatch(order.order_id, decision.seconds_left)
+            results.append(CancelResult(order.order_id, decision.outcome, state, order.send_at))
+        return results
 
     # -- settling by hand ----------------------------------------------------------------------
 
@@ -445,6 +603,11 @@ class Ledger:
             raise OrderNotFound(oid)
         return order
 
+    def get_many(self, order_ids: Iterable[str]) -> dict[str, Order]:
+        """The orders of these ids the ledger knows, by id; unknown ids are left out."""
+        ids = list(dict.fromkeys(check_order_id(oid) for oid in order_ids))
+        return self.store.orders_by_id(ids)
+
     def history(self, order_id: str) -> list[Event]:
         """Every state change of the order, oldest first (the registration included)."""
         oid = check_order_id(order_id)
@@ -460,8 +623,10 @@ class Ledger:
         send_after: datetime | None = None,
         send_before: datetime | None = None,
         limit: int | None = None,
+        label: str | None = None,
     ) -> list[Order]:
-        """Orders ordered by send time; filter by state(s) and a send-time range [after, before)."""
+        """Orders ordered by send time; filter by state(s), label and a send-time range
+        [after, before)."""
         states: list[OrderState] | None = None
         if state is not None:
             raw = [state] if isinstance(state, str) else list(state)
@@ -472,4 +637,38 @@ class Ledger:
                 raise InvalidInput(f"unknown state in {raw!r}; states are: {known}") from None
         after = ensure_aware(send_after, "send_after") if send_after is not None else None
         before = ensure_aware(send_before, "send_before") if send_before is not None else None
-        return self.store.orders(states=states, send_after=after, send_before=before, limit=limit)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise InvalidInput(f"limit must be a whole number >= 0, got {limit!r}")
+        return self.store.orders(
+            states=states,
+            send_after=after,
+            send_before=before,
+            limit=limit,
+            label=check_label(label),
+        )
+
+    def summary(self, label: str | None = None) -> list[LabelSummary]:
+        """Each label's orders by state, next send time and cancels at risk; by label, the
+        unlabelled orders (label None) last. With `label`, only that label (if it has orders)."""
+        now = self.now()
+        rows = self.store.label_counts(
+            now=now, edge=now + self.warn_before, label=check_label(label)
+        )
+        grouped: dict[str | None, list[tuple[OrderState, int, datetime | None, int]]] = {}
+        for row_label, state, count, next_at, due in rows:
+            grouped.setdefault(row_label, []).append((state, count, next_at, due))
+        summaries = []
+        for name in sorted(grouped, key=lambda n: (n is None, n or "")):
+            states = dict.fromkeys(OrderState, 0)
+            upcoming: list[datetime] = []
+            at_risk = 0
+            for state, count, next_at, due in grouped[name]:
+                states[state] = count
+                if state not in FINAL_STATES and next_at is not None:
+                    upcoming.append(next_at)
+                if state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING):
+                    at_risk += due
+            summaries.append(LabelSummary(name, states, min(upcoming, default=None), at_risk))
+        return summaries

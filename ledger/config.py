@@ -1,8 +1,10 @@
 """The smsledger config file: TOML, every key optional, every key checked.
 
-Where the file comes from: ``--config``, else ``SMSLEDGER_CONFIG``, else ``./smsledger.toml``; with
-none of them, the defaults below. ``ILETIMERKEZI_API_KEY`` / ``ILETIMERKEZI_API_HASH`` override the
-file's credentials. Unknown keys and wrong types are errors naming the key, because a typo in
+Where the file comes from: ``--config``, else ``SMSLEDGER_CONFIG``, else the first that exists of
+``./smsledger.toml``, ``~/.config/smsledger/smsledger.toml`` and
+``/etc/smsledger/smsledger.toml`` (`config_search_path`); with none of them, the defaults
+below. ``ILETIMERKEZI_API_KEY`` / ``ILETIMERKEZI_API_HASH`` override the file's credentials.
+Unknown keys and wrong types are errors naming the key, because a typo in
 ``refuse_before_seconds`` must not silently leave the default margin in force.
 """
 
@@ -20,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger._urls import display_url
 from ledger.errors import ConfigError
+from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins, margins_problem
 
 __all__ = [
     "ALERT_EVENTS",
@@ -29,9 +32,11 @@ __all__ = [
     "LedgerConfig",
     "LogConfig",
     "MetricsConfig",
+    "ObserveConfig",
     "ReconcileConfig",
     "SchedulerConfig",
     "WindowsConfig",
+    "config_search_path",
     "find_config_path",
     "load_config",
     "parse_listen",
@@ -61,8 +66,8 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    warn_before_seconds: float = 900.0
-    refuse_before_seconds: float = 300.0
+    warn_before_seconds: float = DEFAULT_WARN_BEFORE.total_seconds()
+    refuse_before_seconds: float = DEFAULT_REFUSE_BEFORE.total_seconds()
 
     @property
     def warn_before(self) -> timedelta:
@@ -71,6 +76,10 @@ class WindowsConfig:
     @property
     def refuse_before(self) -> timedelta:
         return timedelta(seconds=self.refuse_before_seconds)
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(self.warn_before, self.refuse_before)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """Probing `scheduled` orders to learn the provider's queue lead (see `smsledger margins`)."""
+
+    #: Orders newly probed per rolling day; 0 turns probing off (answers are still kept).
+    probe_orders_per_day: int = 24
+    #: The most probe calls one order gets.
+    max_probes_per_order: int = 12
+
+
+@dataclass(frozen=True)
 class ReconcileConfig:
     """`[reconcile]`: reading the provider's truth back (see `scheduler.reconcile`)."""
 
@@ -166,6 +185,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: str | None = None  # the file it was read from, None for defaults
 
@@ -219,19 +239,32 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "alerts": AlertsConfig,
     "metrics": MetricsConfig,
+    "observe": ObserveConfig,
     "reconcile": ReconcileConfig,
 }
 
 
+def config_search_path(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where a config file is looked for when none is named, first found wins: the working
+    folder, the user's (``$XDG_CONFIG_HOME`` or ``~/.config``), the system's."""
+    env = os.environ if environ is None else environ
+    user = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [
+        Path(DEFAULT_CONFIG_NAME),
+        user / "smsledger" / DEFAULT_CONFIG_NAME,
+        Path("/etc/smsledger") / DEFAULT_CONFIG_NAME,
+    ]
+
+
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """Return the config file to read: explicit, else $SMSLEDGER_CONFIG, else ./smsledger.toml."""
+    """Return the config file to read: explicit, else $SMSLEDGER_CONFIG, else the first of
+    `config_search_path` that exists; None (the defaults) when there is none."""
     if explicit is not None:
         return Path(explicit)
     env = os.environ.get(ENV_CONFIG)
     if env:
         return Path(env)
-    default = Path(DEFAULT_CONFIG_NAME)
-    return default if default.exists() else None
+    return next((path for path in config_search_path() if path.is_file()), None)
 
 
 def load_config(
@@ -358,13 +391,15 @@ def _check_type(
 
 def _check_values(config: Config, where: str) -> None:
     w = config.windows
-    if w.refuse_before_seconds < 0:
-        raise ConfigError(f"windows.refuse_before_seconds{where} must not be negative")
-    if w.refuse_before_seconds >= w.warn_before_seconds:
-        raise ConfigError(
-            f"windows.refuse_before_seconds ({w.refuse_before_seconds:g}){where} must be smaller "
-            f"than windows.warn_before_seconds ({w.warn_before_seconds:g})"
-        )
+    problem = margins_problem(
+        w.warn_before_seconds,
+        w.refuse_before_seconds,
+        names=("windows.warn_before_seconds", "windows.refuse_before_seconds"),
+        unit="",
+        where=where,
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     if config.api.timeout_seconds <= 0:
         raise ConfigError(f"api.timeout_seconds{where} must be positive")
     if not config.api.base_url.startswith(("http://", "https://")):
@@ -378,6 +413,7 @@ def _check_values(config: Config, where: str) -> None:
     if config.scheduler.once_deadline_seconds <= 0:
         raise ConfigError(f"scheduler.once_deadline_seconds{where} must be positive")
     _check_operations(config, where)
+    _check_observe(config.observe, where)
     _check_reconcile(config.reconcile, where)
     if config.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log.level{where} must be one of {', '.join(LOG_LEVELS)}")
@@ -422,6 +458,13 @@ def _check_listen(text: str, key: str) -> None:
         parse_listen(text)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_observe(observe: ObserveConfig, where: str) -> None:
+    if observe.probe_orders_per_day < 0:
+        raise ConfigError(f"observe.probe_orders_per_day{where} must not be negative")
+    if observe.max_probes_per_order < 1:
+        raise ConfigError(f"observe.max_probes_per_order{where} must be at least 1")
 
 
 def _check_reconcile(r: ReconcileConfig, where: str) -> None:

@@ -1,7 +1,9 @@
 """JSON-lines logging for smsledger, and the processor that keeps credentials out of it.
 
-Importing `ledger` configures nothing: a program that builds `Ledger(...)` itself keeps its own
-structlog setup. The command, the daemon and `Ledger.from_config` call `configure_logging`.
+Importing `ledger` configures nothing, and library code never writes a stream of its own (see
+`ledger._log`): an application keeps its own structlog and `logging` setup. Only the command, the
+daemon and ``Ledger.from_config(..., setup_logging=True)`` call `configure_logging`, which
+configures structlog for the whole process.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 from ledger.config import LogConfig
 
-__all__ = ["SecretRedactor", "configure_logging", "log_write_failures", "redactor"]
+__all__ = [
+    "SecretRedactor",
+    "configure_logging",
+    "log_write_failures",
+    "redactor",
+    "reopen_log_files",
+]
 
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = frozenset({"key", "hash", "api_key", "api_hash", "authentication", "password"})
@@ -71,9 +80,7 @@ class SecretRedactor:
         # Anything else would be stringified by the renderer: scrub that string now.
         return self.scrub(str(value))
 
-    def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):
             value = event_dict[key]
             if key.lower() in _SENSITIVE_KEYS and value:
@@ -143,16 +150,12 @@ class _AppendLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-class _StreamLogger:
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
+class _StreamLogger(structlog.WriteLogger):
+    """structlog's `WriteLogger`, counting a line it cannot write instead of raising."""
 
     def msg(self, message: str) -> None:
         try:
-            with self._lock:
-                self._stream.write(message + "\n")
-                self._stream.flush()
+            super().msg(message)
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed
             _write_failed("on stderr", exc if isinstance(exc, OSError) else OSError(str(exc)))
 
@@ -162,8 +165,30 @@ class _StreamLogger:
 _open_fds: dict[str, int] = {}
 
 
+def reopen_log_files() -> list[str]:
+    """Reopen every log file this process writes (after logrotate moved it: SIGHUP).
+
+    The new file takes the old descriptor's number (`dup2`), so a line being written goes whole
+    to one file or the other and none is lost. Returns the paths reopened.
+    """
+    reopened = []
+    for path, fd in list(_open_fds.items()):
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            new = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            _write_failed(path, exc)
+            continue
+        try:
+            os.dup2(new, fd)
+        finally:
+            os.close(new)
+        reopened.append(path)
+    return reopened
+
+
 def configure_logging(
-    log: LogConfig, *, secrets: Iterable[str] = (), stream: IO[str] | None = None
+    log: LogConfig, *, secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
     """Send structlog events to `log.path` as JSON lines (``-`` writes to `stream` or stderr).
 

@@ -28,6 +28,7 @@ __all__ = [
     "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
     "JOBS_TABLE",
+    "LEAD_OBSERVATIONS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
     "AlertRow",
@@ -36,6 +37,7 @@ __all__ = [
     "Event",
     "EventRow",
     "JobRow",
+    "LeadObservationRow",
     "Order",
     "OrderRow",
     "UTCDateTime",
@@ -46,6 +48,7 @@ ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
 ALERTS_TABLE = "smsledger_alerts"
 DAEMONS_TABLE = "smsledger_daemons"
+LEAD_OBSERVATIONS_TABLE = "smsledger_lead_observations"
 JOBS_TABLE = "smsledger_jobs"
 #: The orders' delivery counters, as the provider names them.
 DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
@@ -87,7 +90,11 @@ class OrderRow(_LedgerModel, table=True):
     """One scheduled order and where it stands."""
 
     __tablename__ = ORDERS_TABLE
-    __table_args__ = (sa.Index(f"ix_{ORDERS_TABLE}_state_send_at", "state", "send_at"),)
+    __table_args__ = (
+        sa.Index(f"ix_{ORDERS_TABLE}_state_send_at", "state", "send_at"),
+        # A campaign is a label: cancel, list and summary read it in order-id pages (r0007).
+        sa.Index(f"ix_{ORDERS_TABLE}_label_order_id", "label", "order_id"),
+    )
 
     order_id: str = Field(sa_column=sa.Column(sa.String(ORDER_ID_MAX), primary_key=True))
     send_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
@@ -185,6 +192,46 @@ class DaemonRow(_LedgerModel, table=True):
     version: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     last_pass_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class LeadObservationRow(_LedgerModel, table=True):
+    """One get-report answer about an order with time left: a fact about its queue lead.
+
+    `seconds_left` is the bound the answer proves, taken at the edge of the call that keeps it
+    safe: from the call's start for a 456 (the lead is less), from its end for 113/114 (the lead
+    is at least). A probe first claims its (order, step) with `status` NULL, so daemons sharing
+    the ledger probe an order at most once per step; the answer then fills the row in.
+    """
+
+    __tablename__ = LEAD_OBSERVATIONS_TABLE
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "order_id", "probe_step", name=f"{LEAD_OBSERVATIONS_TABLE}_probe_step_key"
+        ),
+        sa.Index(f"ix_{LEAD_OBSERVATIONS_TABLE}_at", "at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
+    order_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(ORDER_ID_MAX),
+            sa.ForeignKey(f"{ORDERS_TABLE}.order_id"),
+            nullable=False,
+            index=True,
+        )
+    )
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    seconds_left: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    #: 456, 113 or 114; NULL while a probe's call is under way (or after it failed).
+    status: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: precheck, verify or probe.
+    source: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    probe_step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: How long the provider call took (wall time), for the suggested margin's call allowance.
+    duration_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
 
 
 class JobRow(_LedgerModel, table=True):

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import Connection
 
+from ledger._log import get_logger
 from ledger.errors import SchemaError, SchemaTooNew
 from ledger.models import EVENTS_TABLE, METADATA, ORDERS_TABLE
 from ledger.store import Store, display_url
@@ -53,7 +53,7 @@ __all__ = [
     "upgrade",
 ]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
 VERSION_TABLE = "smsledger_alembic_version"

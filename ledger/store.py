@@ -1,12 +1,7 @@
-"""Every query the ledger runs; the one module that opens database connections.
+"""Every query the ledger runs: reads, claims and the one guarded transition.
 
-SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
-writes can fail in WAL mode with SQLITE_BUSY no busy timeout can cure, while an immediate one waits
-its turn for the write lock. Read transactions stay deferred so readers never wait for writers.
-
-Claims are timed by one clock, `Store.lease_now`: the database server's on PostgreSQL (daemons
-on several hosts share the ledger, not their clocks), the host's on SQLite (every process that
-opens the file runs on that host). Business time (send times, history) stays on the callers'.
+Connections, transactions and what database errors mean live in `ledger.db.Database`; a `Store`
+holds one (`store.db`) and only says what to read and write.
 
 PostgreSQL runs the same statements at READ COMMITTED: every guarded update re-reads the row it
 waited for, so its ``WHERE state = :expected`` still decides; claims of several rows at once use
@@ -15,39 +10,33 @@ waited for, so its ``WHERE state = :expected`` still decides; claims of several 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
-import structlog
-from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
 
-from ledger._clock import utcnow
-from ledger._urls import UNPARSABLE, display_url
-from ledger.errors import IllegalTransition, LedgerError, LedgerUnavailable, NoLedger
+from ledger._log import get_logger
+from ledger._urls import display_url
+from ledger.db import Database
+from ledger.errors import IllegalTransition, LedgerError
 from ledger.models import DELIVERY_COLUMNS, Event, EventRow, Order, OrderRow
 from ledger.outbox import AlertPolicy
 from ledger.states import OrderState, is_legal
 
-__all__ = ["ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
+__all__ = ["Change", "ConcurrentRegistration", "Store", "TransitionResult", "display_url"]
 
-log = structlog.get_logger("smsledger.ledger")
+log = get_logger("smsledger.ledger")
 
 orders_t: sa.Table = OrderRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _ORDER_COLUMNS = [c.name for c in orders_t.columns]
-_WRITE = "smsledger_write"
 _IN_CHUNK = 500  # ids per IN (...) lookup; well under SQLite's bound-parameter limit
 #: Built once, parameters bound at execution: building a statement per call costs more than
 #: running it (SQLAlchemy coerces every literal and computes a cache key each time).
@@ -85,6 +74,41 @@ def _driver_rows(
     return sql, rows if positional else [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+#: Prefix of the bound parameters `_transition_update` sets columns from (a bound parameter may
+#: not take a column's own name in an UPDATE's SET clause).
+_SET = "_set_"
+_EVENT_INSERT = events_t.insert()
+
+
+@functools.cache
+def _transition_update(
+    keys: tuple[str, ...], increment: tuple[str, ...], owner: bool, unexpired: bool
+) -> sa.Update:
+    """The guarded UPDATE of `Store.transition` for one shape of change, built once.
+
+    Built per call, the statement's construction and cache key were a fifth of the daemon's CPU
+    per cancelled order; with bound parameters one object serves every order of a shape.
+    """
+    sets: dict[str, Any] = {
+        key: sa.bindparam(_SET + key, type_=orders_t.c[key].type) for key in keys
+    }
+    for column in increment:
+        sets[column] = orders_t.c[column] + 1
+    stmt = (
+        orders_t.update()
+        .where(orders_t.c.order_id == sa.bindparam("_order_id"))
+        .where(orders_t.c.state == sa.bindparam("_from_state"))
+        .values(sets)
+        .returning(*orders_t.c)
+    )
+    if owner:
+        stmt = stmt.where(orders_t.c.claim_owner == sa.bindparam("_owner"))
+    if unexpired:
+        expires = orders_t.c.claim_expires_at
+        stmt = stmt.where(expires > sa.bindparam("_unexpired_at", type_=expires.type))
+    return stmt
+
+
 #: The log level of a change into a state a person should look at (others log at info).
 _LOUD = {
     OrderState.NEEDS_ATTENTION: "error",
@@ -92,11 +116,6 @@ _LOUD = {
     OrderState.CANCEL_REFUSED: "warning",
     OrderState.NOT_FOUND: "warning",
 }
-
-#: Key of the PostgreSQL advisory lock that serialises schema migrations of one ledger (one schema).
-_SCHEMA_LOCK = (
-    "SELECT pg_advisory_xact_lock(hashtextextended('smsledger.schema:' || current_schema(), 0))"
-)
 
 
 class ConcurrentRegistration(LedgerError):
@@ -116,6 +135,17 @@ class TransitionResult:
 
     applied: bool
     order: Order | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change `Store.transition_batch` is to apply: a guarded update and its event."""
+
+    order_id: str
+    from_state: OrderState
+    to_state: OrderState
+    reason: str
+    details: Mapping[str, Any] | None = None
 
 
 def _order(row: RowMapping | Mapping[str, Any]) -> Order:
@@ -141,218 +171,98 @@ def _is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
 
 
 def _datetime_to_db(dialect: Dialect) -> Any:
-    """How this dialect stores a `UTCDateTime` (the column type's own conversion)."""
-    return orders_t.c.send_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+    """How this dialect stores a `UTCDateTime` (the column type's own conversion).
 
-
-def _enable_wal(cursor: Any, busy_timeout: float) -> None:
-    """Switch a SQLite database to WAL, waiting for other processes doing the same.
-
-    Turning a new file to WAL needs its exclusive lock, and SQLite answers "database is locked"
-    at once instead of calling the busy handler when several processes open it together.
+    On SQLite with its default storage format, one `isoformat` call writes the same text as the
+    type's chain of processors, at a third of the cost per row of a bulk registration.
     """
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-        else:
-            return
+    impl = orders_t.c.send_at.type.dialect_impl(dialect)
+    if (
+        isinstance(impl, sa.types.TypeDecorator)
+        and getattr(impl.impl_instance, "_storage_format", None) == _SQLITE_DATETIME_FORMAT
+    ):
+        return _sqlite_stamp
+    return impl.bind_processor(dialect) or (lambda v: v)
 
 
-def _is_unusable(exc: BaseException) -> bool:
-    """Whether a database error means the database cannot be used at all (unreachable, locked,
-    damaged, not a database) rather than that a statement was wrong (a constraint, a bug).
-
-    SQLite reports a file that is no database, or a damaged one, as a bare ``DatabaseError``.
-    """
-    return isinstance(exc, sa.exc.OperationalError) or type(exc) is sa.exc.DatabaseError
+#: SQLite's default DATETIME storage format: what `_sqlite_stamp` writes.
+_SQLITE_DATETIME_FORMAT: str = sqlite_dialect.DATETIME._storage_format
 
 
-def _existing_sqlite_file(parsed: sa.URL) -> sa.URL:
-    """`parsed` as a URI that opens the file read-write without creating it; `NoLedger` if the
-    file is not there. In-memory and URI databases are returned as they are."""
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return parsed
-    path = Path(database).absolute()
-    try:
-        why = "the file is empty" if path.stat().st_size == 0 else None
-    except FileNotFoundError:
-        why = "no such file"
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-    if why is not None:  # opening an empty file would write a database header into it
-        raise NoLedger(
-            f"no ledger exists at {path} ({why}); check ledger.url, or create one with "
-            "'smsledger migrate'"
-        )
-    return parsed.set(
-        database=f"file:{quote(str(path))}",
-        query={**parsed.query, "mode": "rw", "uri": "true"},
-    )
+def _sqlite_stamp(value: datetime) -> str:
+    """An aware datetime as SQLite's DATETIME stores a `UTCDateTime`: naive UTC, microseconds."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime reached the ledger; convert at the boundary")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 class Store:
-    """Owns the engine and runs every query of the ledger."""
+    """Runs every query of the ledger over one `Database` (`store.db`)."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Database,
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         must_exist: bool = False,
+        engine: Engine | None = None,
     ) -> None:
-        """Open (lazily) the database at `url`.
-
-        `must_exist`: a SQLite file that is not there raises `NoLedger` instead of being created,
-        and is opened read-write without create, so one removed later is not made again either.
-        """
-        self.url = url
+        """Query the database at `url` (opened lazily, see `Database`), an open `Database`, or
+        the application's `engine`."""
+        self.db = (
+            url
+            if isinstance(url, Database)
+            else Database(
+                url,
+                synchronous=synchronous,
+                busy_timeout=busy_timeout,
+                must_exist=must_exist,
+                engine=engine,
+            )
+        )
         #: Which state changes write an alert in their own transaction (None: alerts are off).
         self.alerts: AlertPolicy | None = None
-        try:
-            parsed = sa.make_url(url)
-        except sa.exc.ArgumentError:
-            shown = display_url(url)
-            raise LedgerUnavailable(
-                f"ledger URL {'' if shown == UNPARSABLE else shown + ' '}is not a database URL "
-                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-            ) from None
-        self.dialect = parsed.get_backend_name()
-        if must_exist and self.dialect == "sqlite":
-            parsed = _existing_sqlite_file(parsed)
-        kwargs: dict[str, Any] = {}
-        if self.dialect == "sqlite":
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
-        else:
-            # A daemon outlives server restarts and idle-connection reapers.
-            kwargs["pool_pre_ping"] = True
-        try:
-            self.engine: Engine = sa.create_engine(parsed, **kwargs)
-        except (ImportError, sa.exc.NoSuchModuleError) as exc:
-            hint = ""
-            if self.dialect == "postgresql":
-                hint = (
-                    "; PostgreSQL ledgers need psycopg 3: pip install 'smsledger[postgres]' and "
-                    "use a postgresql+psycopg:// URL"
-                )
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}{hint}") from None
-        except sa.exc.ArgumentError as exc:
-            raise LedgerUnavailable(f"cannot use ledger {display_url(url)}: {exc}") from None
-        # SQLite has one writer: this process's threads queue here in order instead of polling
-        # for the file lock in SQLite's busy handler, which sleeps up to 100 ms between tries.
-        self._write_lock: Any = (
-            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
-        if self.dialect == "sqlite":
-            self._setup_sqlite(synchronous.upper(), busy_timeout)
+        #: Called after each committed state change with (to_state, how many orders): metrics.
+        self.transition_observers: list[Callable[[OrderState, int], object]] = []
 
-    def _setup_sqlite(self, synchronous: str, busy_timeout: float) -> None:
-        @sa_event.listens_for(self.engine, "connect")
-        def _connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" event below decide how transactions start.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            _enable_wal(cursor, busy_timeout)
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.close()
+    # -- the database (thin delegations: callers and tests open transactions through the store) -
 
-        @sa_event.listens_for(self.engine, "begin")
-        def _begin(conn: Connection) -> None:
-            if conn.get_execution_options().get(_WRITE):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                conn.exec_driver_sql("BEGIN")
+    @property
+    def url(self) -> str:
+        return self.db.url
 
-    # -- connections ---------------------------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self._write_lock, self._transaction(write=True) as conn:
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only transaction (a consistent snapshot)."""
-        with self._transaction(write=False) as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            conn = self.engine.connect()
-        except (sa.exc.DatabaseError, sa.exc.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        try:
-            if write:
-                conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
-        except sa.exc.DatabaseError as exc:
-            if not _is_unusable(exc):
-                raise
-            raise self._unavailable(exc) from exc
-        finally:
-            conn.close()
-
-    @contextmanager
-    def schema_lock(self) -> Iterator[Connection]:
-        """A write transaction that no other process migrating this ledger runs beside.
-
-        SQLite: ``BEGIN IMMEDIATE`` holds the database's write lock. PostgreSQL: a transaction
-        advisory lock keyed by the current schema, released at commit or rollback. DDL is
-        transactional on both, so a migration interrupted half-way leaves nothing behind.
-        """
-        with self.write() as conn:
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql(_SCHEMA_LOCK)
-            yield conn
-
-    def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> LedgerUnavailable:
-        orig = getattr(exc, "orig", None)
-        detail = " ".join((str(orig) if orig is not None else str(exc)).split())
-        if _is_unusable(exc) and not isinstance(exc, sa.exc.OperationalError):
-            return LedgerUnavailable(
-                f"ledger {display_url(self.url)} is damaged or not a database ({detail}); "
-                "restore it from a backup, or point ledger.url at the right file"
-            )
-        return LedgerUnavailable(f"ledger {display_url(self.url)} is unavailable: {detail}")
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
 
     @property
     def database_file(self) -> Path | None:
         """The SQLite database file (absolute), None for an in-memory or server database."""
-        if self.dialect != "sqlite":
-            return None
-        url = self.engine.url
-        database = url.database
-        if database and database.startswith("file:") and url.query.get("mode") == "rw":
-            return Path(unquote(database.removeprefix("file:"))).absolute()  # must_exist's URI
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).absolute()
+        return self.db.database_file
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        return self.db.write()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A read-only transaction (a consistent snapshot)."""
+        return self.db.read()
+
+    def schema_lock(self) -> AbstractContextManager[Connection]:
+        """A write transaction that no other process migrating this ledger runs beside."""
+        return self.db.schema_lock()
 
     def lease_now(self) -> datetime:
-        """The time claims are taken, renewed and compared by (aware UTC).
+        """The time claims are taken, renewed and compared by (see `Database.lease_now`)."""
+        return self.db.lease_now()
 
-        PostgreSQL: the server's ``clock_timestamp()``, one clock for daemons on several hosts.
-        SQLite: the host's clock, which every process using the file shares.
-        """
-        if self.dialect != "postgresql":
-            return utcnow()
-        with self.read() as conn:
-            value: datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
-        return value.astimezone(UTC)
+    def dispose(self) -> None:
+        self.db.dispose()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -377,9 +287,12 @@ class Store:
         send_after: datetime | None = None,
         send_before: datetime | None = None,
         limit: int | None = None,
+        label: str | None = None,
     ) -> list[Order]:
         """Orders by send time, filtered (send_after inclusive, send_before exclusive)."""
         stmt = sa.select(orders_t).order_by(orders_t.c.send_at, orders_t.c.order_id)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
         if states is not None:
             stmt = stmt.where(orders_t.c.state.in_([s.value for s in states]))
         if send_after is not None:
@@ -390,6 +303,27 @@ class Store:
             stmt = stmt.limit(limit)
         with self.read() as conn:
             return [_order(r) for r in conn.execute(stmt).mappings()]
+
+    def label_counts(
+        self, *, now: datetime, edge: datetime, label: str | None = None
+    ) -> list[tuple[str | None, OrderState, int, datetime | None, int]]:
+        """Per (label, state): the count, the earliest send time after `now`, and how many are
+        due by `edge`; one grouped query (every label, or only `label`)."""
+        send_at = orders_t.c.send_at
+        stmt = sa.select(
+            orders_t.c.label,
+            orders_t.c.state,
+            sa.func.count(),
+            sa.func.min(sa.case((send_at > now, send_at))),
+            sa.func.sum(sa.case((send_at <= edge, 1), else_=0)),
+        ).group_by(orders_t.c.label, orders_t.c.state)
+        if label is not None:
+            stmt = stmt.where(orders_t.c.label == label)
+        with self.read() as conn:
+            return [
+                (row[0], OrderState(row[1]), int(row[2]), row[3], int(row[4] or 0))
+                for row in conn.execute(stmt)
+            ]
 
     def registered_between(self, start: datetime, end: datetime) -> list[Order]:
         """Orders the ledger registered in [start, end), by registration time."""
@@ -506,6 +440,16 @@ class Store:
             )
         return found
 
+    def orders_by_id(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The orders of these ids that exist, by id (a few IN lookups, not one per id)."""
+        found: dict[str, Order] = {}
+        with self.read() as conn:
+            for start in range(0, len(order_ids), _IN_CHUNK):
+                chunk = list(order_ids[start : start + _IN_CHUNK])
+                stmt = sa.select(orders_t).where(orders_t.c.order_id.in_(chunk))
+                found.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
+        return found
+
     # -- writes --------------------------------------------------------------------------------
 
     def insert_new(
@@ -542,6 +486,11 @@ class Store:
                 [(oid, now_db, state, reason) for oid, _send_at, _label in rows],
             )
         )
+
+    def log_registered(self, order_ids: Iterable[str], reason: str) -> None:
+        """Log the registration of orders `insert_new` wrote, once their transaction committed."""
+        for order_id in order_ids:
+            self._log_change(order_id, None, OrderState.SCHEDULED, reason, None)
 
     @staticmethod
     def _insert_orders(
@@ -599,45 +548,170 @@ class Store:
                     else ""
                 )
             )
+        if unexpired_at is not None and expect_owner is None:
+            raise ValueError("unexpired_at fences a claim: it needs expect_owner")
         changes: dict[str, Any] = {"state": to_state.value, "reason": reason, "updated_at": now}
         if to_state is not OrderState.CANCELLING:
             changes["claim_owner"] = None
             changes["claim_expires_at"] = None
         changes.update(values or {})
-        for column in increment:
-            changes[column] = orders_t.c[column] + 1
-        stmt = (
-            orders_t.update()
-            .where(orders_t.c.order_id == order_id)
-            .where(orders_t.c.state == from_state.value)
-            .values(**changes)
-            .returning(*orders_t.c)
+        stmt = _transition_update(
+            tuple(changes), tuple(increment), expect_owner is not None, unexpired_at is not None
         )
-        if expect_owner is not None:
-            stmt = stmt.where(orders_t.c.claim_owner == expect_owner)
-        if unexpired_at is not None:
-            if expect_owner is None:
-                raise ValueError("unexpired_at fences a claim: it needs expect_owner")
-            stmt = stmt.where(orders_t.c.claim_expires_at > unexpired_at)
+        params = {_SET + key: value for key, value in changes.items()}
+        params.update(
+            _order_id=order_id,
+            _from_state=from_state.value,
+            _owner=expect_owner,
+            _unexpired_at=unexpired_at,
+        )
+        event = {
+            "order_id": order_id,
+            "at": now,
+            "from_state": from_state.value,
+            "to_state": to_state.value,
+            "reason": reason,
+            "details": dict(details) if details else None,
+        }
         with self.write() as conn:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(stmt, params).mappings().first()
             if row is None:
                 return TransitionResult(applied=False, order=self.get(order_id, conn))
-            conn.execute(
-                events_t.insert().values(
-                    order_id=order_id,
-                    at=now,
-                    from_state=from_state.value,
-                    to_state=to_state.value,
-                    reason=reason,
-                    details=dict(details) if details else None,
-                )
-            )
+            conn.execute(_EVENT_INSERT, event)
             order = _order(row)
             if self.alerts is not None:
                 self.alerts.on_transition(conn, [order], to_state, reason, now)
         self._log_change(order_id, from_state, to_state, reason, details)
+        self._observe_transitions(to_state, 1)
         return TransitionResult(applied=True, order=order)
+
+    def transition_batch(
+        self,
+        decide: Callable[[list[Order]], Sequence[Change]],
+        *,
+        order_ids: Sequence[str] | None = None,
+        label_page: tuple[str, str] | None = None,
+        limit: int,
+        now: datetime,
+        values: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> list[Order]:
+        """Read a batch of orders, let `decide` say what changes, apply it: one transaction.
+
+        The batch is `order_ids` (at most `limit`), or the first `limit` orders with a label after
+        an order id (`label_page` = (label, after), by order id: a keyset page the label index
+        serves). The rows are locked while `decide` runs (SQLite's write lock; ``FOR UPDATE`` on
+        PostgreSQL), so no other process moves them between the decision and the guarded updates;
+        each change is still guarded (``WHERE state = :from``) and writes its history row in the
+        same transaction. `values` are set on every changed row. With `dry_run` the batch is only
+        read and `decide`'s changes are not applied. Returns the orders as read.
+        """
+        if (order_ids is None) == (label_page is None):
+            raise ValueError("transition_batch needs either order_ids or label_page")
+        stmt = sa.select(orders_t).order_by(orders_t.c.order_id)
+        if order_ids is not None:
+            if len(order_ids) > limit:
+                raise ValueError(f"{len(order_ids)} ids in one batch; at most {limit}")
+            stmt = stmt.where(orders_t.c.order_id.in_(list(order_ids)))
+        else:
+            assert label_page is not None
+            label, after = label_page
+            stmt = (
+                stmt.where(orders_t.c.label == label)
+                .where(orders_t.c.order_id > after)
+                .limit(limit)
+            )
+        if dry_run:
+            with self.read() as conn:
+                orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            decide(orders)
+            return orders
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        with self.write() as conn:
+            orders = [_order(r) for r in conn.execute(stmt).mappings()]
+            changes = list(decide(orders))
+            self._apply_changes(conn, changes, now, values or {})
+        for change in changes:
+            self._log_change(
+                change.order_id, change.from_state, change.to_state, change.reason, change.details
+            )
+        return orders
+
+    def _apply_changes(
+        self,
+        conn: Connection,
+        changes: Sequence[Change],
+        now: datetime,
+        values: Mapping[str, Any],
+    ) -> None:
+        """Guarded updates (one executemany per from/to pair), their events and their alerts,
+        in `conn`."""
+        groups: dict[tuple[OrderState, OrderState], list[Change]] = {}
+        for change in changes:
+            if not is_legal(change.from_state, change.to_state):
+                raise IllegalTransition(
+                    f"order {change.order_id}: {change.from_state.value} -> "
+                    f"{change.to_state.value} is not legal"
+                )
+            groups.setdefault((change.from_state, change.to_state), []).append(change)
+        for (from_state, to_state), group in groups.items():
+            fields: dict[str, Any] = {
+                "state": to_state.value,
+                "reason": sa.bindparam("b_reason"),
+                "updated_at": now,
+            }
+            if to_state is not OrderState.CANCELLING:
+                fields["claim_owner"] = None
+                fields["claim_expires_at"] = None
+            fields.update(values)
+            stmt = (
+                orders_t.update()
+                .where(orders_t.c.order_id == sa.bindparam("b_order_id"))
+                .where(orders_t.c.state == from_state.value)
+                .values(**fields)
+            )
+            done = conn.execute(
+                stmt, [{"b_order_id": c.order_id, "b_reason": c.reason} for c in group]
+            ).rowcount
+            if done != len(group):  # the rows are locked: only a bug gets here
+                raise LedgerError(
+                    f"{len(group) - done} of {len(group)} orders left {from_state.value} during "
+                    "a batch that held their rows; nothing was written"
+                )
+        if changes:
+            conn.execute(
+                events_t.insert(),
+                [
+                    {
+                        "order_id": c.order_id,
+                        "at": now,
+                        "from_state": c.from_state.value,
+                        "to_state": c.to_state.value,
+                        "reason": c.reason,
+                        "details": dict(c.details) if c.details else None,
+                    }
+                    for c in changes
+                ],
+            )
+            if self.alerts is not None:
+                self._alert_changes(conn, changes, now)
+
+    def _alert_changes(self, conn: Connection, changes: Sequence[Change], now: datetime) -> None:
+        """The alerts of a batch's changes, written in its transaction as `transition` does."""
+        assert self.alerts is not None
+        ids = [c.order_id for c in changes]
+        after: dict[str, Order] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            stmt = sa.select(orders_t).where(
+                orders_t.c.order_id.in_(ids[start : start + _IN_CHUNK])
+            )
+            after.update({r["order_id"]: _order(r) for r in conn.execute(stmt).mappings()})
+        grouped: dict[tuple[OrderState, str], list[Order]] = {}
+        for change in changes:
+            grouped.setdefault((change.to_state, change.reason), []).append(after[change.order_id])
+        for (to_state, reason), orders in grouped.items():
+            self.alerts.on_transition(conn, orders, to_state, reason, now)
 
     def transition_due(
         self,
@@ -700,6 +774,8 @@ class Store:
                     self.alerts.on_transition(conn, orders, to_state, reason, now)
         for o in orders:
             self._log_change(o.order_id, from_state, to_state, reason, None)
+        if orders:
+            self._observe_transitions(to_state, len(orders))
         return orders
 
     def claim(
@@ -808,6 +884,13 @@ class Store:
         )
         with self.write() as conn:
             return conn.execute(stmt).rowcount == 1
+
+    def _observe_transitions(self, to_state: OrderState, count: int) -> None:
+        for observer in self.transition_observers:
+            try:
+                observer(to_state, count)
+            except Exception:  # an observer's bug must not turn a committed change into an error
+                log.exception("transition_observer_failed")
 
     @staticmethod
     def _log_change(

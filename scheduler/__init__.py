@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ReconcileReport", "reconcile"]
 
+#: Marks this package as smsledger's own (PyPI has an unrelated `scheduler`): see
+#: `scheduler.cli.origin`.
+__smsledger__ = True
+
 
 def __getattr__(name: str) -> Any:
     if name in __all__:

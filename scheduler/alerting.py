@@ -21,16 +21,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import structlog
 
 from ledger import LedgerError
+from ledger._log import get_logger
 from ledger.config import AlertsConfig, webhook_host
 from ledger.outbox import Alert, claim_due, mark_delivered, mark_failed
 from ledger.store import Store
 
 __all__ = ["AlertSender", "Delivery", "post_alert", "sign"]
 
-log = structlog.get_logger("smsledger.alerts")
+log = get_logger("smsledger.alerts")
 
 SIGNATURE_HEADER = "X-Smsledger-Signature"
 #: How often the sender looks for due alerts when nothing wakes it.

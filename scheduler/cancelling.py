@@ -13,14 +13,17 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 
+from ledger._log import get_logger
 from ledger.api import Ledger
-from ledger.margins import Window, window
+from ledger.leads import Source
+from ledger.margins import Margins, Window
 from ledger.models import Order
 from ledger.states import OrderState
 from scheduler.decisions import (
@@ -30,17 +33,17 @@ from scheduler.decisions import (
     after_verify,
     backoff_delay,
     margin_closed,
-    retry_fits,
     settle_pause,
     too_many_cancels,
     unresolved,
 )
+from scheduler.probing import LeadRecorder
 from scheduler.provider.client import IletiMerkeziClient, Report
 from scheduler.provider.errors import ProviderAuthError, ProviderError, ProviderTransientError
 
 __all__ = ["CancelSequence"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: The longest wait between two reads of a failing provider.
 BACKOFF_CAP_SECONDS = 30.0
@@ -74,12 +77,15 @@ class CancelSequence:
         lease_clock: Callable[[], datetime] | None = None,
         widen: Callable[[], timedelta] | None = None,
         notify: Callable[[str, str], object] | None = None,
+        recorder: LeadRecorder | None = None,
     ) -> None:
         """`widen` gives what both margins grow by now (the clock skew's size); `notify` is told
-        ("credentials_rejected", detail) when the provider rejects our credentials."""
+        ("credentials_rejected", detail) when the provider rejects our credentials; `recorder`
+        keeps the get-report answers that bound the provider's queue lead."""
         self._ledger = ledger
         self._widen = widen or (lambda: timedelta(0))
         self._notify = notify
+        self._recorder = recorder
         self._store = ledger.store
         self._client = client
         self._owner = owner
@@ -97,12 +103,9 @@ class CancelSequence:
         self._lease_clock = lease_clock or ledger.store.lease_now
 
     @property
-    def _refuse_before(self) -> timedelta:
-        return self._ledger.refuse_before + self._widen()
-
-    @property
-    def _warn_before(self) -> timedelta:
-        return self._ledger.warn_before + self._widen()
+    def _margins(self) -> Margins:
+        """The ledger's margins, widened by the provider's clock skew as it stands now."""
+        return self._ledger.margins.widened(self._widen())
 
     def run(self, order: Order) -> Order | None:
         """Work one order we hold the claim on; return it as it ends (None if left for later).
@@ -141,7 +144,7 @@ class CancelSequence:
             if job.refused_in_row:
                 # The last cancel was refused (503): pause before the next, as for a read.
                 delay = backoff_delay(job.refused_in_row - 1, cap=self._pause_cap(), rng=self._rng)
-                if not retry_fits(self._clock(), delay, job.order.send_at, self._refuse_before):
+                if not self._margins.retry_fits(self._clock(), delay, job.order.send_at):
                     decision = margin_closed(job.cancel_sent)
                     break
                 self._check_stopping()
@@ -184,7 +187,7 @@ class CancelSequence:
         if not verify:
             return after_precheck(report)
         now = self._clock()
-        where = window(job.order.send_at, now, self._warn_before, self._refuse_before)
+        where = self._margins.window(job.order.send_at, now)
         settling = job.settle_until is not None and now < job.settle_until
         return after_verify(report, where, cancel_sent=job.cancel_sent, settling=settling)
 
@@ -198,7 +201,7 @@ class CancelSequence:
         now = self._clock()
         left = (job.settle_until - now).total_seconds()
         delay = settle_pause(job.settle_reads, left, cap=self._pause_cap(), rng=self._rng)
-        if not retry_fits(now, delay, job.order.send_at, self._refuse_before):
+        if not self._margins.retry_fits(now, delay, job.order.send_at):
             return margin_closed(job.cancel_sent)
         self._check_stopping()
         job.settle_reads += 1
@@ -218,7 +221,7 @@ class CancelSequence:
         return min(BACKOFF_CAP_SECONDS, self._lease.total_seconds() / 4)
 
     def _window(self, job: _Job) -> Window:
-        return window(job.order.send_at, self._clock(), self._warn_before, self._refuse_before)
+        return self._margins.window(job.order.send_at, self._clock())
 
     def _record_cancelling(self, job: _Job) -> bool:
         """Record `cancelling` (with the attempt) before the call; False if the claim is lost.
@@ -288,11 +291,23 @@ class CancelSequence:
             # timeouts) plus a wait of a quarter lease must never outlast the claim.
             self._renew_lease(job, force=failures > 0)
             job.checks += 1
+            started, began = self._clock(), time.perf_counter()
             try:
                 with structlog.contextvars.bound_contextvars(
                     attempt=job.attempts, check=job.checks
                 ):
-                    return self._client.get_report(job.order.order_id)
+                    report = self._client.get_report(job.order.order_id)
+                if self._recorder is not None:
+                    self._recorder.observe(
+                        job.order,
+                        report,
+                        started=started,
+                        clock=self._clock,
+                        duration_ms=(time.perf_counter() - began) * 1000,
+                        source=Source.PRECHECK if job.attempts == 0 else Source.VERIFY,
+                        cancel_may_have_arrived=job.cancel_sent,
+                    )
+                return report
             except ProviderAuthError as exc:
                 log.error("provider_credentials_rejected", detail=str(exc))
                 if self._notify is not None:
@@ -302,8 +317,7 @@ class CancelSequence:
                 delay = backoff_delay(failures, cap=self._pause_cap(), rng=self._rng)
                 failures += 1
                 why = f"{type(exc).__name__}: {exc}"
-                fits = retry_fits(self._clock(), delay, job.order.send_at, self._refuse_before)
-                if not fits:
+                if not self._margins.retry_fits(self._clock(), delay, job.order.send_at):
                     return unresolved(job.cancel_sent, why)
                 self._check_stopping()
                 log.info("provider_retry", failures=failures, delay_seconds=round(delay, 3))

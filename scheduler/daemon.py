@@ -15,8 +15,10 @@ A pass, in order:
 5. dispatch: `scheduled` orders whose send time has passed become `dispatched`;
 6. cancel: claim `cancel_requested` orders and run the cancel-and-verify sequence on worker
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
-   itself, so throughput does not wait for the next pass;
-7. the provider's truth (`scheduler.followup`, with `[reconcile]`): the dispatch follow-up, the
+   itself, so throughput does not wait for the next pass.
+7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
+   dispatch on a thread of its own, to learn the provider's queue lead;
+8. the provider's truth (`scheduler.followup`, with `[reconcile]`): the dispatch follow-up, the
    needs_attention re-check and, one daemon per period, reconcile, on a thread of their own, so
    they never hold a pass or a cancel. None of them sends a cancel.
 
@@ -34,7 +36,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,23 +44,31 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ledger import Config, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
+from ledger._log import get_logger
 from ledger.config import AlertsConfig, ReconcileConfig, SchedulerConfig
-from ledger.logsetup import configure_logging
+from ledger.logsetup import configure_logging, reopen_log_files
+from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
 from scheduler.alerting import AlertSender
 from scheduler.cancelling import CancelSequence
+from scheduler.claims import (
+    forget_live_owner,
+    lease_for,
+    make_owner,
+    note_live_owner,
+    owner_is_gone,
+)
 from scheduler.followup import ProviderTruth
+from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
-from scheduler.provider.wire import DEFAULT_TIMEOUT_SECONDS
 from scheduler.skew import SkewEstimator
 
-__all__ = ["Daemon", "PassReport", "lease_for", "run_daemon"]
+__all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: Orders moved per transaction by the refuse and dispatch steps.
 BATCH = 1000
@@ -78,18 +87,6 @@ _PASS_JOB = "smsledger-pass"  # noqa: S105 (a job id, not a password)
 IDLE_LOG_SECONDS = 300.0
 
 
-def lease_for(call_deadline_seconds: float) -> timedelta:
-    """How long a claim stays ours without renewal: twice the provider call deadline plus 5 s.
-
-    Every provider call ends within one overall deadline (`IletiMerkeziClient.call_deadline`,
-    config `api.timeout_seconds`), so half the lease covers one whole call with 2.5 s to spare.
-    The sequence renews the claim before each call once a quarter of the lease is gone, so what is
-    left covers that call and one backoff wait (at most a quarter lease): a live daemon's
-    in-flight call is never taken for a crashed one.
-    """
-    return timedelta(seconds=2 * call_deadline_seconds + 5)
-
-
 def _version() -> str:
     try:
         return importlib.metadata.version("smsledger")
@@ -104,34 +101,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-#: Owner ids of the daemons alive in this process (tests and benchmarks run several).
-_LIVE_OWNERS: set[str] = set()
-
-
-def make_owner() -> str:
-    """A claim owner id: host, pid and a random part (pids are reused after restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_gone(owner: str, me: str) -> bool:
-    """True when `owner` was a process of this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        # Our pid: a daemon of this very process, or an earlier incarnation that had the pid.
-        return owner not in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass
@@ -178,6 +147,8 @@ class Daemon:
         alerts: AlertsConfig | None = None,
         max_clock_skew_seconds: float = SchedulerConfig.max_clock_skew_seconds,
         alert_transport: Any = None,
+        probe_orders_per_day: int = 0,
+        max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
         reconcile: ReconcileConfig | None = None,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
@@ -185,14 +156,17 @@ class Daemon:
 
         `alerts` (with a `webhook_url`) records alerts in the ledger and sends them on a thread
         of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
+        Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
+        `[observe]`); the answers of the cancel sequence are kept either way.
         `reconcile` turns on the provider's truth read back after each pass (`scheduler.followup`:
         dispatch follow-up, needs_attention re-check, periodic reconcile); None leaves it off.
         """
         if lease is None:
-            lease = lease_for(getattr(client, "call_deadline", DEFAULT_TIMEOUT_SECONDS))
+            lease = lease_for(client.call_deadline)
         self.ledger = ledger
+        self.client = client
         self.owner = owner or make_owner()
-        _LIVE_OWNERS.add(self.owner)
+        note_live_owner(self.owner)
         #: Orders left for later (credentials rejected, stopping) wait this long before a retry.
         self._cooldown: dict[str, datetime] = {}
         self._store = ledger.store
@@ -226,6 +200,8 @@ class Daemon:
         self.last_pass_monotonic: float | None = None
         self.last_pass_at: datetime | None = None
         self._last_skew_log: float | None = None
+        #: Called with each finished pass's duration in seconds (metrics).
+        self.pass_observers: list[Callable[[float], object]] = []
         self._last_idle_log = time.monotonic()
         self._sender: AlertSender | None = None
         if alerts is not None and alerts.enabled:
@@ -238,6 +214,16 @@ class Daemon:
                 lease_clock=self._lease_clock,
                 transport=alert_transport,
             )
+        recorder = LeadRecorder(ledger)
+        self.prober = Prober(
+            ledger,
+            client,
+            recorder,
+            orders_per_day=probe_orders_per_day,
+            max_per_order=max_probes_per_order,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         self.truth = (
             None
             if reconcile is None
@@ -265,6 +251,7 @@ class Daemon:
             sleep=sleep,
             rng=rng,
             settle_seconds=cancel_settle_seconds,
+            recorder=recorder,
         )
 
     # -- one pass ------------------------------------------------------------------------------
@@ -323,7 +310,14 @@ class Daemon:
             finished, self._finished = self._finished, []
         return finished
 
+    @property
+    def cancels_in_flight(self) -> int:
+        """Cancel sequences this daemon runs or has claimed and queued now."""
+        with self._lock:
+            return len(self._inflight)
+
     def _pass(self) -> PassReport:
+        started = time.perf_counter()
         report = PassReport()
         if not self._ledger_file_intact():
             return report
@@ -333,9 +327,9 @@ class Daemon:
         report.refused = self._batch(
             OrderState.CANCEL_REQUESTED,
             OrderState.CANCEL_REFUSED,
-            due_by=now + self.ledger.refuse_before + self.skew.widening(),
+            due_by=now + self._margins().refuse_before,
             now=now,
-            reason="margin closed before the cancel could be sent",
+            reason=MARGIN_CLOSED,
         )
         report.warned = self._warn(now)
         report.dispatched = self._batch(
@@ -346,6 +340,7 @@ class Daemon:
             reason="send time passed with no cancel requested",
         )
         report.started = self._start_workers(now)
+        self.prober.start(now, self._cancels_waiting)
         if self.truth is not None:  # after the cancel work started, on a thread of its own
             self.truth.kick()
         counts = report.counts()
@@ -359,6 +354,8 @@ class Daemon:
         self._heartbeat()
         if self._sender is not None:
             self._sender.wake()
+        for observer in self.pass_observers:
+            observer(time.perf_counter() - started)
         return report
 
     # -- operations: heartbeat, clock skew, alerts ------------------------------------------
@@ -420,6 +417,10 @@ class Daemon:
         except LedgerError as exc:
             log.error("alert_not_recorded", alert_event=event, error=str(exc))
 
+    def _margins(self) -> Margins:
+        """The ledger's margins, widened by the provider's clock skew as it stands now."""
+        return self.ledger.margins.widened(self.skew.widening())
+
     def _ledger_file_intact(self) -> bool:
         """False (logged once, `ledger_lost` set) when the SQLite file was removed or replaced."""
         if self._ledger_file is None:
@@ -453,7 +454,7 @@ class Daemon:
             OrderState.CANCEL_REFUSED,
             due_by=now,
             now=now,
-            reason="send time passed before a cancel could be sent",
+            reason=SEND_TIME_PASSED_UNSENT,
         )
 
     def _batch(
@@ -477,7 +478,7 @@ class Daemon:
     def _warn(self, now: datetime) -> int:
         warned = 0
         pending = (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-        warn_by = now + self.ledger.warn_before + self.skew.widening()
+        warn_by = now + self._margins().warn_before
         for order in self._store.unwarned(pending, warn_by):
             if self._store.mark_warned(order.order_id, now):
                 warned += 1
@@ -629,10 +630,25 @@ class Daemon:
                 self._workers -= 1
                 self._lock.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no worker runs; False if `timeout` ran out first."""
+    def _cancels_waiting(self) -> bool:
+        """Whether a cancel request waits for a worker (then the prober makes no call)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._workers == 0, timeout)
+            if self._ready:
+                return True
+            exclude = self._busy(self._clock())
+        waiting = self._store.claimable(
+            OrderState.CANCEL_REQUESTED, self._lease_clock(), limit=1, exclude=exclude
+        )
+        return bool(waiting)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no worker (nor the prober) runs; False if `timeout` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._workers == 0, timeout):
+                return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.prober.wait_idle(left)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
         """Stop taking work and give in-flight sequences `grace` seconds to end.
@@ -653,13 +669,15 @@ class Daemon:
             self.truth.join(max(0.0, ends - time.monotonic()))
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
-            _LIVE_OWNERS.discard(self.owner)
+            forget_live_owner(self.owner)
         return drained
 
     # -- the long-running loop -----------------------------------------------------------------
 
     def serve(self, poll_seconds: float, *, stop: threading.Event | None = None) -> int:
         """Run passes every `poll_seconds` until SIGTERM or SIGINT (or `stop` is set).
+
+        SIGHUP reopens the log file (after logrotate moved it).
 
         Returns the exit status: 0, or 1 when the ledger file was removed or replaced. Signal
         handlers are installed only on the main thread (tests serve on another one).
@@ -670,11 +688,15 @@ class Daemon:
             log.info("daemon_stopping", signal=signal.Signals(signum).name)
             stop.set()
 
+        def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            log.info("log_reopened", paths=reopen_log_files())
+
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {
                 sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
             }
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self._safe_pass,
@@ -732,11 +754,21 @@ class Daemon:
             log.exception("pass_crashed")
 
 
-def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) -> int:
+def pool_size(max_concurrent_cancels: int) -> int:
+    """Connections the daemon's provider client keeps: each worker holds one at a time, plus one
+    each for the prober and the follow-up threads, so they never wait on a worker's connection;
+    every one stays open between calls (`connection_limits`)."""
+    return max(1, max_concurrent_cancels) + 2
+
+
+def run_daemon(
+    config: Config, *, once: bool = False, owner: str | None = None, metrics: str | None = None
+) -> int:
     """`smsledger run`: check the setup, then serve (or do one pass with `once`).
 
     `owner` replaces the claim owner id (`make_owner`), for tests that stand for daemons on
-    other hosts.
+    other hosts. `metrics` (HOST:PORT) replaces `[metrics] listen`: where /metrics, /healthz and
+    /readyz are served while the daemon serves (not with `once`).
     """
     config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
@@ -745,27 +777,46 @@ def run_daemon(config: Config, *, once: bool = False, owner: str | None = None) 
     Ledger.from_config(config, setup_logging=False).close()
     ledger = Ledger.from_config(config, setup_logging=False, must_exist=True)
     client = IletiMerkeziClient.from_config(
-        config.api, max_connections=max(8, config.scheduler.max_concurrent_cancels * 2)
+        config.api, max_connections=pool_size(config.scheduler.max_concurrent_cancels)
     )
     daemon = Daemon(
         ledger,
         client,
         max_concurrent_cancels=config.scheduler.max_concurrent_cancels,
-        lease=lease_for(config.api.timeout_seconds),
         owner=owner,
         clock=utcnow,
         cancel_settle_seconds=config.scheduler.cancel_settle_seconds,
         alerts=config.alerts,
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
+        probe_orders_per_day=config.observe.probe_orders_per_day,
+        max_probes_per_order=config.observe.max_probes_per_order,
         reconcile=config.reconcile,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
+    server = None
     try:
         if once:
             report = daemon.run_once(config.scheduler.once_deadline_seconds)
             log.info("pass_once_done", **report.counts())
             return 1 if daemon.ledger_lost.is_set() else 0
+        listen = metrics if metrics is not None else config.metrics.listen
+        if listen:
+            server = _metrics_server(daemon, listen, config.scheduler.poll_seconds)
         return daemon.serve(config.scheduler.poll_seconds)
     finally:
+        if server is not None:
+            server.stop()
         client.close()
         ledger.close()
+
+
+def _metrics_server(daemon: Daemon, listen: str, poll_seconds: float) -> Any:
+    """Start the /metrics, /healthz, /readyz server (prometheus_client loads only here)."""
+    from scheduler.metrics import DaemonMetrics, MetricsServer  # noqa: PLC0415
+
+    try:
+        return MetricsServer(DaemonMetrics(daemon), listen, poll_seconds).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.listen {listen}: cannot listen: {exc.strerror or exc}"
+        ) from None

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ledger.margins import Window
+from ledger.margins import MARGIN_CLOSED, Window, retry_fits
 from ledger.states import OrderState
 from scheduler.provider.client import Report, ReportStatus
 from scheduler.reconciling import cancelled_outside_reason
@@ -123,9 +122,7 @@ def margin_closed(cancel_sent: bool) -> Decision:
             "provider still reports the order pending (456) after a cancel that may have reached"
             " it, and the refuse margin has closed",
         )
-    return Decision.finish(
-        OrderState.CANCEL_REFUSED, "margin closed before the cancel could be sent"
-    )
+    return Decision.finish(OrderState.CANCEL_REFUSED, MARGIN_CLOSED)
 
 
 def too_many_cancels(maybe_delivered: int, attempts: int) -> Decision:
@@ -150,9 +147,7 @@ def unresolved(cancel_may_have_been_sent: bool, why: str) -> Decision:
             OrderState.NEEDS_ATTENTION,
             f"cancel may have been sent but could not be verified: {why}",
         )
-    return Decision.finish(
-        OrderState.CANCEL_REFUSED, f"margin closed before the cancel could be sent: {why}"
-    )
+    return Decision.finish(OrderState.CANCEL_REFUSED, f"{MARGIN_CLOSED}: {why}")
 
 
 def backoff_delay(
@@ -165,11 +160,6 @@ def backoff_delay(
     """
     ceiling = min(cap, base * (2 ** max(0, attempt)))
     return (rng or random).uniform(ceiling / 2, ceiling)
-
-
-def retry_fits(now: datetime, delay: float, send_at: datetime, refuse_before: timedelta) -> bool:
-    """True when waiting `delay` seconds still leaves the retry outside the refuse margin."""
-    return now + timedelta(seconds=delay) < send_at - refuse_before
 
 
 def settle_pause(

@@ -29,6 +29,7 @@ from typing import Protocol
 import structlog
 
 from ledger import Ledger, LedgerError, Order, OrderState, jobs
+from ledger._log import get_logger
 from ledger.config import ReconcileConfig
 from ledger.models import DELIVERY_COLUMNS
 from scheduler.decisions import Reading, after_follow_up, after_recheck
@@ -45,7 +46,7 @@ __all__ = [
     "TruthReport",
 ]
 
-log = structlog.get_logger("smsledger.daemon")
+log = get_logger("smsledger.daemon")
 
 #: The name of the reconcile job's row in ``smsledger_jobs``.
 RECONCILE_JOB = "reconcile"

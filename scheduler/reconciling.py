@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
-import structlog
-
 from ledger import Ledger, Order, OrderState
+from ledger._log import get_logger
 from ledger.models import DELIVERY_COLUMNS
 from scheduler.provider.client import ListedOrder, Report, ReportsPage, ReportStatus
 from scheduler.provider.errors import ProviderError
@@ -47,7 +46,7 @@ __all__ = [
     "reconcile",
 ]
 
-log = structlog.get_logger("smsledger.reconcile")
+log = get_logger("smsledger.reconcile")
 
 DEFAULT_IMPORT_LABEL = "imported"
 IMPORT_REASON = "imported from provider"

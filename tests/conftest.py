@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from receiver import Receiver
 
 import ledger.logsetup
 from ledger import Ledger, Order
@@ -38,15 +39,16 @@ def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def ledger_factory(tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
-    """Open a `Ledger` on a real SQLite file in tmp_path; keyword arguments go to `Ledger`.
+    """Open a `Ledger` on a real SQLite file in tmp_path (or at `url`); keyword arguments go to
+    `Ledger`.
 
     Calls with the same `name` open the same file (as two processes would); all are closed after
     the test.
     """
     opened: list[Ledger] = []
 
-    def make(name: str = "ledger.db", **kwargs: Any) -> Ledger:
-        new = Ledger(f"sqlite:///{tmp_path / name}", **kwargs)
+    def make(name: str = "ledger.db", *, url: str | None = None, **kwargs: Any) -> Ledger:
+        new = Ledger(url or f"sqlite:///{tmp_path / name}", **kwargs)
         opened.append(new)
         return new
 
@@ -100,3 +102,17 @@ def make_sandbox(sandbox_options: dict[str, Any]) -> Iterator[Callable[..., Sand
     yield make
     for sandbox in started:
         sandbox.stop()
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """One sandbox with `sandbox_options` and no faults."""
+    return make_sandbox()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free port (tests/receiver.py), closed after the test."""
+    made = Receiver()
+    yield made
+    made.close()

@@ -7,6 +7,7 @@ Imported as ``helpers`` (pytest puts ``tests/`` on ``sys.path`` for its ``confte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from scheduler.provider.client import CancelAnswer, IletiMerkeziClient, Report
 __all__ = [
     "CONFIG",
     "SMSLEDGER",
+    "CommandResult",
     "FakeClock",
     "HookedClient",
     "clean_env",
     "dead_pid",
     "final_states",
     "owner_on_this_host",
+    "run_command",
     "run_pass_within",
     "run_passes_until_final",
     "stale_cancelling",
@@ -121,6 +125,10 @@ class HookedClient:
         self.holds: dict[str, threading.Event] = {}
         self.cancel_calls = 0
         self.report_calls = 0
+
+    @property
+    def call_deadline(self) -> float:
+        return self._client.call_deadline
 
     def get_report(self, order_id: str) -> Report:
         self.report_calls += 1
@@ -268,3 +276,41 @@ def stale_cancelling(
         state = OrderState.CANCELLING
     assert result is not None and result.order is not None
     return result.order
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one run of the real `smsledger` command did."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_command(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> CommandResult:
+    """Run the installed `smsledger` in `cwd` with a clean environment; never raises on exit."""
+    assert SMSLEDGER is not None
+    done = subprocess.run(
+        [SMSLEDGER, *args],
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return CommandResult(done.returncode, done.stdout, done.stderr)

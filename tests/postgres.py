@@ -46,7 +46,9 @@ def fresh_schema(base_url: str, *, options: str = "") -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
         base = sa.make_url(base_url)
-        extra = " ".join(p for p in (base.query.get("options", ""), options) if p)
+        current = base.query.get("options", "")
+        current = current if isinstance(current, str) else " ".join(current)
+        extra = " ".join(p for p in (current, options) if p)
         settings = f"-csearch_path={name} {extra}".strip()
         url = base.update_query_dict({"options": settings})
         yield url.render_as_string(hide_password=False)

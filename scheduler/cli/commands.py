@@ -11,38 +11,47 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from ledger import (
     FINAL_STATES,
-    CancelNotPossible,
+    CancelOutcome,
+    CancelResult,
+    CancelSummary,
     Config,
     ConfigError,
+    Event,
     InvalidInput,
     Ledger,
     LedgerError,
     Order,
     OrderNotFound,
     OrderState,
+    RegistrationConflict,
     configure_logging,
     heartbeats,
     load_config,
     outbox,
     utcnow,
 )
+from ledger._log import get_logger
 from ledger._urls import display_url
-from ledger.api import check_label
-from ledger.config import find_config_path, webhook_host
-from ledger.margins import Window, window
+from ledger.api import check_label, check_order_id
+from ledger.cancels import ON_TRACK, refusal
+from ledger.config import ENV_CONFIG, config_search_path, find_config_path, webhook_host
+from ledger.margins import Window
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -51,22 +60,45 @@ from scheduler.cli.exits import (
     UsageError,
     exit_code_for,
 )
-from scheduler.cli.logs import LEVELS, LineFormatter, LogFilter, LogTail, parse_record
+from scheduler.cli.imports import check_lines
+from scheduler.cli.logs import (
+    LEVELS,
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    read_lines,
+    rotated_logs,
+    with_registration,
+)
+from scheduler.cli.origin import foreign_packages
 from scheduler.cli.output import (
+    cancel_json,
     escape,
     escape_json,
     event_json,
     history_table,
+    label_summary_json,
+    margins_lines,
     order_json,
     order_table,
     say,
     say_error,
     status_lines,
+    summary_table,
     table,
     to_json,
 )
 from scheduler.cli.parser import Parser
-from scheduler.cli.times import WhenError, format_countdown, format_utc, parse_since, parse_when
+from scheduler.cli.progress import Progress
+from scheduler.cli.times import (
+    WhenError,
+    format_countdown,
+    format_local,
+    format_utc,
+    parse_since,
+    parse_when,
+)
 from scheduler.provider.client import IletiMerkeziClient
 from scheduler.provider.errors import (
     ProviderAuthError,
@@ -79,15 +111,16 @@ from scheduler.skew import SkewEstimator
 
 __all__ = ["HANDLERS", "Context", "Handler", "load_context", "run_demo", "run_sandbox"]
 
-log = structlog.get_logger("smsledger.cli")
+log = get_logger("smsledger.cli")
 
 #: How often `cancel --wait` and `logs --follow` look again, in seconds.
 POLL_SECONDS = 0.2
 
-#: States in which a cancel is accepted or done: `cancel` without --wait exits 0 on them.
-_CANCEL_ON_TRACK = frozenset(
-    {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
-)
+#: `logs` sizes its columns to this many lines at a time: aligned, yet printed as it reads.
+_LOG_WINDOW = 50
+
+#: How many orders an error about many orders names before it counts the rest.
+_MAX_LISTED = 20
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -141,11 +174,95 @@ def _client(config: Config) -> IletiMerkeziClient:
 
 
 def _cmd_register(args: argparse.Namespace, ctx: Context) -> int:
+    if args.source is not None:
+        if args.order_id is not None or args.send_at is not None:
+            raise UsageError("--from FILE takes neither ORDER_ID nor --send-at")
+        return _register_from(args, ctx)
+    if args.skip_invalid:
+        raise UsageError("--skip-invalid goes with --from FILE")
+    if args.order_id is None:
+        raise UsageError("give ORDER_ID --send-at WHEN, or --from FILE")
+    if args.send_at is None:
+        raise UsageError("the following arguments are required: --send-at (or give --from FILE)")
     send_at = _when(args.send_at, "--send-at", ctx)
     with _open_ledger(ctx) as ledger:
         order = ledger.register(args.order_id, send_at, args.label)
         say(order_table([order], ctx.config.zone, ledger.now()))
     return EXIT_OK
+
+
+#: Orders one transaction of ``register --from`` writes; each a step of the progress bar.
+_IMPORT_CHUNK = 5000
+#: Imports of more lines than this show a progress bar (on a terminal).
+_PROGRESS_FROM = 2000
+
+
+def _register_from(args: argparse.Namespace, ctx: Context) -> int:
+    """``register --from FILE``: check every line (and the ledger's times), then register."""
+    try:
+        default_label = check_label(args.label)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
+    name = "stdin" if args.source == "-" else args.source
+    try:
+        if args.source == "-":
+            check = check_lines(sys.stdin, ctx.config.zone, utcnow(), label=default_label)
+        else:
+            with Path(args.source).open(encoding="utf-8", newline="") as file:
+                check = check_lines(file, ctx.config.zone, utcnow(), label=default_label)
+    except OSError as exc:
+        raise UsageError(f"--from {args.source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--from {name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    with _open_ledger(ctx) as ledger:
+        known = ledger.get_many(row.order_id for row in check.rows)
+        rows = []
+        for row in check.rows:
+            order = known.get(row.order_id)
+            if order is not None and order.send_at != row.send_at:
+                conflict = RegistrationConflict(row.order_id, order.send_at, row.send_at)
+                check.problems.append((row.line, str(conflict)))
+            else:
+                rows.append(row)
+        problems = sorted(check.problems)
+        if problems and not args.skip_invalid:
+            say_error(
+                f"{name}: {len(problems)} bad line(s) of {len(rows) + len(problems)}; nothing "
+                "was registered (--skip-invalid registers the good lines)"
+            )
+            _list_problems(problems)
+            return EXIT_USAGE
+        progress = Progress(
+            f"registering from {name}", len(rows), sys.stdout, enabled=len(rows) > _PROGRESS_FROM
+        )
+        new = already = 0
+        try:
+            for start in range(0, len(rows), _IMPORT_CHUNK):
+                chunk = rows[start : start + _IMPORT_CHUNK]
+                done = ledger.register_many([(r.order_id, r.send_at, r.label) for r in chunk])
+                new += done
+                already += done.already
+                progress.update(start + len(chunk), force=True)
+        finally:
+            progress.close()
+    say(
+        f"{name}: {new} new order(s) registered, {already} already registered"
+        + (f", {len(problems)} bad line(s) skipped" if problems else "")
+    )
+    if problems:
+        print(f"smsledger: {name}: skipped {len(problems)} bad line(s):", file=sys.stderr)
+        _list_problems(problems)
+    return EXIT_OK
+
+
+def _list_problems(problems: list[tuple[int, str]]) -> None:
+    """``line N: what is wrong`` on stderr, the first `_MAX_LISTED`, then how many more."""
+    for line, problem in problems[:_MAX_LISTED]:
+        print(f"  line {line}: {escape(problem)}", file=sys.stderr)
+    if len(problems) > _MAX_LISTED:
+        print(f"  ... and {len(problems) - _MAX_LISTED} more bad line(s)", file=sys.stderr)
 
 
 def _cmd_send(args: argparse.Namespace, ctx: Context) -> int:
@@ -220,61 +337,162 @@ def _cmd_send(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
-    zone = ctx.config.zone
+    if bool(args.order_ids) == (args.label is not None):
+        raise UsageError("give ORDER_ID... or --label LABEL (one of them, not both)")
     code = EXIT_OK
+    ids: list[str] = []
+    invalid: list[str] = []
+    if args.label is not None:
+        try:
+            check_label(args.label)
+        except InvalidInput as exc:
+            raise UsageError(f"--label: {exc}") from None
+    for raw in args.order_ids:
+        try:
+            ids.append(check_order_id(raw))
+        except InvalidInput as exc:
+            say_error(str(exc))
+            invalid.append(raw)
+            code = EXIT_USAGE
     with _open_ledger(ctx, must_exist=True) as ledger:
-        asked: list[Order] = []
-        for order_id in args.order_ids:
-            try:
-                order = ledger.request_cancel(order_id)
-            except (CancelNotPossible, OrderNotFound, InvalidInput) as exc:
-                say_error(str(exc))
-                code = max(code, exit_code_for(exc) or EXIT_FAILED)
-                if isinstance(exc, CancelNotPossible):
-                    asked.append(exc.order)
-                continue
-            asked.append(order)
-            now = ledger.now()
-            under_way = order.state in (OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
-            where = window(order.send_at, now, ledger.warn_before, ledger.refuse_before)
-            if under_way and where is Window.WARN:
-                print(
-                    f"warning: order {escape(order.order_id)} dispatches "
-                    f"{format_countdown(order.send_at, now)}; the cancel may come too late",
-                    file=sys.stderr,
-                )
-        if asked:
-            say(order_table(asked, zone, ledger.now()))
-        if any(o.state in _UNDER_WAY for o in asked) and not _daemon_running(ledger, ctx):
+        summary = ledger.request_cancel_many(
+            ids if args.label is None else None, label=args.label, dry_run=args.dry_run
+        )
+        results = list(summary.results)
+        code = max(code, _cancel_exit_code(summary))
+        if args.label is None and not args.json and not args.dry_run:
+            _report_cancels_by_id(ledger, results, ctx.config.zone)
+        elif not args.json:
+            say(_summary_lines(summary, args.label, ctx.config.zone))
+        under_way = any(r.state in _UNDER_WAY for r in results)
+        if not args.dry_run and under_way and not _daemon_running(ledger, ctx):
             print(f"warning: {heartbeats.NO_DAEMON}", file=sys.stderr)
-        if args.wait is None:
-            if any(order.state not in _CANCEL_ON_TRACK for order in asked):
+        if args.wait is not None and not args.dry_run:
+            results = _wait_final(ledger, results, args.wait)
+            if any(r.state is not OrderState.CANCELLED for r in results):
                 code = max(code, EXIT_FAILED)
-            return code
-        final = _wait_final(ledger, asked, args.wait)
-        if final:
-            say(["", *order_table(final, zone, ledger.now())])
-    for order in final:
-        if order.state not in FINAL_STATES:
-            say_error(
-                f"order {order.order_id} is still {order.state.value} after {args.wait:g} s; "
-                "is the daemon (smsledger run) running?"
-            )
-    if any(order.state is not OrderState.CANCELLED for order in final):
-        code = max(code, EXIT_FAILED)
+            if not args.json:
+                _report_waited(ledger, results, args, ctx.config.zone)
+    if args.json:
+        unknown = [CancelResult(oid, CancelOutcome.UNKNOWN, None, None) for oid in invalid]
+        say(to_json(cancel_json(CancelSummary.of([*unknown, *results], dry_run=args.dry_run))))
     return code
 
 
-def _wait_final(ledger: Ledger, orders: list[Order], seconds: float) -> list[Order]:
-    """Re-read `orders` every POLL_SECONDS until all are final or `seconds` have passed."""
+def _cancel_exit_code(summary: CancelSummary) -> int:
+    """2 for ids not in the ledger, else 1 when any order is refused or past cancelling."""
+    if summary.unknown:
+        return EXIT_USAGE
+    if any(r.outcome not in ON_TRACK for r in summary.results):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _report_cancels_by_id(ledger: Ledger, results: list[CancelResult], zone: ZoneInfo) -> None:
+    """Today's output of ``cancel ID...``: a warning or an error per order, then the table."""
+    orders = ledger.get_many(r.order_id for r in results if r.outcome is not CancelOutcome.UNKNOWN)
+    now = ledger.now()
+    shown: list[Order] = []
+    for result in results:
+        order = orders.get(result.order_id)
+        if order is None:
+            say_error(str(OrderNotFound(result.order_id)))
+            continue
+        shown.append(order)
+        error = refusal(order, result.outcome, order.seconds_left(now))
+        if error is not None:
+            say_error(str(error))
+        elif result.outcome is CancelOutcome.WARNED:
+            _warn_close(order, now)
+        elif order.state is not OrderState.CANCELLED:  # asked again: still say it is close
+            where = ledger.margins.window(order.send_at, now)
+            if where is Window.WARN:
+                _warn_close(order, now)
+    if shown:
+        say(order_table(shown, zone, now))
+
+
+def _warn_close(order: Order, now: datetime) -> None:
+    print(
+        f"warning: order {escape(order.order_id)} dispatches "
+        f"{format_countdown(order.send_at, now)}; the cancel may come too late",
+        file=sys.stderr,
+    )
+
+
+def _summary_lines(summary: CancelSummary, label: str | None, zone: ZoneInfo) -> list[str]:
+    """The count of each outcome, for a cancel by label or a dry run."""
+    what = f"label {label}" if label is not None else "the given ids"
+    head = f"{len(summary)} order(s) with {what}"
+    if summary.dry_run:
+        head = f"dry run, nothing written: {head} would come to"
+    explained = {
+        CancelOutcome.REQUESTED: "now cancel_requested",
+        CancelOutcome.WARNED: "now cancel_requested, inside the warn margin: may come too late",
+        CancelOutcome.REFUSED: "inside the refuse margin or past their send time: will go out",
+        CancelOutcome.ALREADY: "already cancel_requested, cancelling or cancelled",
+        CancelOutcome.FINAL: "already in another final state (too late, dispatched, ...)",
+        CancelOutcome.UNKNOWN: "not in the ledger",
+    }
+    rows = [
+        (outcome.value, str(count), explained[outcome])
+        for outcome, count in summary.counts.items()
+        if count or outcome is CancelOutcome.REQUESTED
+    ]
+    lines = [head, *table(("OUTCOME", "ORDERS", "MEANING"), rows)]
+    first = summary.earliest_refused_send_at
+    if first is not None:
+        lines.append(f"earliest refused send time: {format_local(first, zone)}")
+    return lines
+
+
+def _report_waited(
+    ledger: Ledger, results: list[CancelResult], args: argparse.Namespace, zone: ZoneInfo
+) -> None:
+    """After --wait: the final table (by ids) or the count of each state (by label)."""
+    if args.label is None:
+        orders = ledger.get_many(r.order_id for r in results)
+        final = [orders[r.order_id] for r in results if r.order_id in orders]
+        if final:
+            say(["", *order_table(final, zone, ledger.now())])
+    else:
+        counts = Counter(r.state.value for r in results if r.state is not None)
+        say(["", *table(("STATE", "ORDERS"), sorted((k, str(v)) for k, v in counts.items()))])
+    pending = [r for r in results if r.state is not None and r.state not in FINAL_STATES]
+    for result in pending[:_MAX_LISTED]:
+        assert result.state is not None
+        say_error(
+            f"order {result.order_id} is still {result.state.value} after {args.wait:g} s; "
+            "is the daemon (smsledger run) running?"
+        )
+    if len(pending) > _MAX_LISTED:
+        say_error(f"and {len(pending) - _MAX_LISTED} more orders are not final yet")
+
+
+def _wait_final(ledger: Ledger, results: list[CancelResult], seconds: float) -> list[CancelResult]:
+    """Re-read the orders every POLL_SECONDS until all are final or `seconds` have passed; on a
+    terminal, a live bar of the final ones and the count in each state meanwhile."""
     deadline = time.monotonic() + seconds
-    current = orders
-    while True:
-        current = [ledger.get(order.order_id) for order in current]
-        left = deadline - time.monotonic()
-        if all(order.state in FINAL_STATES for order in current) or left <= 0:
-            return current
-        time.sleep(min(POLL_SECONDS, left))
+    current = results
+    known = [r for r in results if r.state is not None]
+    progress = Progress("final", len(known), sys.stdout)
+    try:
+        while True:
+            orders = ledger.get_many(r.order_id for r in known)
+            current = [
+                replace(r, state=orders[r.order_id].state) if r.order_id in orders else r
+                for r in current
+            ]
+            states = Counter(r.state for r in current if r.state is not None)
+            final = sum(n for state, n in states.items() if state in FINAL_STATES)
+            left = deadline - time.monotonic()
+            counts = " ".join(f"{s.value}={n}" for s, n in sorted(states.items()))
+            progress.update(final, extra=f"{counts}  {max(left, 0):.0f} s left", force=True)
+            if final == len(known) or left <= 0:
+                return current
+            time.sleep(min(POLL_SECONDS, left))
+    finally:
+        progress.close()
 
 
 def _cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -295,15 +513,44 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(
                 f"--state: unknown state {args.state!r}; states are: {known}"
             ) from None
+    label = _label_option(args.label)
+    send_from = _when(args.send_from, "--from", ctx) if args.send_from is not None else None
+    until = _when(args.until, "--until", ctx) if args.until is not None else None
     with _open_ledger(ctx, must_exist=True) as ledger:
-        orders = ledger.orders(state)
+        orders = ledger.orders(
+            state, label=label, send_after=send_from, send_before=until, limit=args.limit
+        )
         now = ledger.now()
     if args.json:
         say(to_json([order_json(order) for order in orders]))
     elif orders:
         say(order_table(orders, ctx.config.zone, now))
     else:
-        say("no orders" + (f" in state {state.value}" if state else ""))
+        filters = [
+            f"in state {state.value}" if state else "",
+            f"with label {label}" if label else "",
+        ]
+        say(" ".join(["no orders", *filter(None, filters)]))
+    return EXIT_OK
+
+
+def _label_option(text: str | None) -> str | None:
+    try:
+        return check_label(text)
+    except InvalidInput as exc:
+        raise UsageError(f"--label: {exc}") from None
+
+
+def _cmd_summary(args: argparse.Namespace, ctx: Context) -> int:
+    label = _label_option(args.label)
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        summaries = ledger.summary(label)
+    if args.json:
+        say(to_json([label_summary_json(s) for s in summaries]))
+    elif summaries:
+        say(summary_table(summaries, ctx.config.zone))
+    else:
+        say("no orders" + (f" with label {label}" if label else ""))
     return EXIT_OK
 
 
@@ -344,17 +591,18 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
     path = Path(config.log.path).expanduser()
     tail = LogTail(path)
     try:
-        if not args.follow and not path.exists():
+        rotated = rotated_logs(path) if args.include_rotated else []
+        if not args.follow and not path.exists() and not rotated:
             print(f"smsledger: no log file at {path} yet: nothing has been logged", file=sys.stderr)
             return EXIT_OK
-        reader.show(tail.poll(), batch=True)
+        reader.show(_with_ledger_registration(ctx, args.order, _every_line(rotated, tail)))
         if not args.follow:
             if not reader.shown and not args.json:
                 print(f"smsledger: no matching log events in {path}", file=sys.stderr)
             return EXIT_OK
         while True:
             time.sleep(POLL_SECONDS)
-            reader.show(tail.poll(), batch=False)
+            reader.show(tail.lines())
     finally:
         tail.close()
         if reader.skipped:
@@ -362,6 +610,32 @@ def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
                 f"smsledger: skipped {reader.skipped} line(s) of {path} that are not JSON",
                 file=sys.stderr,
             )
+
+
+def _with_ledger_registration(
+    ctx: Context, order_id: str | None, lines: Iterable[str]
+) -> Iterable[str]:
+    """For `logs --order`: the log's lines plus the order's registration from the ledger where
+    the log has none (`with_registration`); the lines alone without a ledger or such an order."""
+    if order_id is None:
+        return lines
+    try:
+        with _open_ledger(ctx, must_exist=True) as ledger:
+            events: list[Event] = ledger.history(order_id)
+    except LedgerError:
+        return lines
+    registration = next((e for e in events if e.from_state is None), None)
+    return lines if registration is None else with_registration(lines, registration)
+
+
+def _every_line(rotated: list[Path], tail: LogTail) -> Iterator[str]:
+    """The rotated logs oldest first, then the live one, streamed."""
+    for older in rotated:
+        try:
+            yield from read_lines(older)
+        except (OSError, EOFError) as exc:  # a damaged .gz: say so, read the others
+            say_error(f"cannot read {older}: {exc}")
+    yield from tail.lines()
 
 
 @dataclass
@@ -374,7 +648,9 @@ class _LogPrinter:
     shown: int = 0
     skipped: int = 0
 
-    def show(self, lines: list[str], *, batch: bool) -> None:
+    def show(self, lines: Iterable[str]) -> None:
+        """Print the matching lines as they are read, `_LOG_WINDOW` at a time: columns are sized
+        to each window (and only grow), so memory stays flat and the first lines come at once."""
         picked: list[tuple[str, dict[str, object]]] = []
         for line in lines:
             if not line.strip():
@@ -384,9 +660,15 @@ class _LogPrinter:
                 self.skipped += 1
             elif self.filter.matches(record):
                 picked.append((line, record))
+                if len(picked) >= _LOG_WINDOW:
+                    self._print(picked)
+                    picked = []
+        self._print(picked)
+
+    def _print(self, picked: list[tuple[str, dict[str, object]]]) -> None:
         if not picked:
             return
-        if batch and not self.raw:
+        if not self.raw:
             self.formatter.fit([record for _, record in picked])
         out = [
             escape_json(line) if self.raw else self.formatter.format(record)
@@ -396,16 +678,24 @@ class _LogPrinter:
         say(out)
 
 
+def _config_in_use(args: argparse.Namespace, config: Config) -> str:
+    """Which config file `check` read, and how it was found (or that there was none)."""
+    searched = ", ".join(str(p) for p in config_search_path())
+    if config.source is None:
+        return f"defaults (no file: none of {searched})"
+    if args.config is not None:
+        origin = "--config"
+    elif os.environ.get(ENV_CONFIG):
+        origin = f"${ENV_CONFIG}"
+    else:
+        origin = "the first found of the search path"
+    return f"{Path(config.source).resolve()} (from {origin})"
+
+
 def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.config
     code = EXIT_OK
-    lines: list[tuple[str, str, str]] = [
-        (
-            "config",
-            "ok",
-            str(Path(config.source).resolve()) if config.source else "defaults (no file)",
-        )
-    ]
+    lines: list[tuple[str, str, str]] = [("config", "ok", _config_in_use(args, config))]
 
     def fail(name: str, exc_code: int, message: str) -> None:
         nonlocal code
@@ -424,10 +714,13 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
             else:
                 lines.append(("daemons", "WARN", f"{heartbeats.NO_DAEMON} ({described})"))
     except LedgerError as exc:
-        fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))
+        fail("ledger", exit_code_for(exc) or EXIT_FAILED, str(exc))  # it names the ledger
     problem = config.credentials_problem()
     if problem is not None:
         fail("provider", EXIT_USAGE, problem)
+    elif args.offline:
+        lines.append(("provider", "skip", f"--offline: credentials set, {config.api.base_url} "
+                      "not called"))  # fmt: skip
     else:
         skew = SkewEstimator()
         try:
@@ -442,6 +735,8 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
         except ProviderError as exc:
             fail("provider", EXIT_FAILED, str(exc))
         _check_skew(skew.skew_seconds, config.scheduler.max_clock_skew_seconds, lines, fail)
+    # A warning: the exit code stays what the other checks said.
+    lines.extend(("packages", "WARN", problem) for problem in foreign_packages())
     width = max(len(name) for name, _, _ in lines)
     say(
         [
@@ -577,7 +872,7 @@ def _alerts_test(ctx: Context) -> int:
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     from scheduler.daemon import run_daemon  # noqa: PLC0415 -- the daemon loads only for `run`
 
-    return run_daemon(ctx.config, once=args.once)
+    return run_daemon(ctx.config, once=args.once, metrics=args.metrics)
 
 
 def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
@@ -590,6 +885,29 @@ def _cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     else:
         say(f"ledger {where} migrated from revision {found or '(empty)'} to {now}")
     return EXIT_OK
+
+
+def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
+    """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
+    from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
+
+    with _open_ledger(ctx, must_exist=True) as ledger:
+        since = ledger.now() - timedelta(days=args.days)
+        observations = leads.observations_since(ledger.store, since)
+    found = leads.brackets(observations)
+    report = leads.assess(
+        found,
+        [o.duration_ms for o in observations if o.duration_ms is not None],
+        refuse_before_seconds=ctx.config.windows.refuse_before_seconds,
+        warn_before_seconds=ctx.config.windows.warn_before_seconds,
+        poll_seconds=ctx.config.scheduler.poll_seconds,
+    )
+    if args.json:
+        say(to_json(report.to_json()))
+    else:
+        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+    too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
+    return EXIT_FAILED if too_small else EXIT_OK
 
 
 def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
@@ -642,6 +960,18 @@ def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    from ledger.backup import backup  # noqa: PLC0415 -- loads only for `backup`
+
+    done = backup(ctx.config.ledger.url, args.path)
+    revision = done.revision or "unknown"
+    say(
+        f"ledger {done.source} backed up to {done.dest}: {done.orders} orders, "
+        f"schema revision {revision}, {done.size_bytes} bytes"
+    )
+    return EXIT_OK
+
+
 def run_demo() -> int:
     """`smsledger demo`: takes no config; the demo writes its own."""
     from scheduler.cli.demo import main as demo_main  # noqa: PLC0415 -- loads only for `demo`
@@ -672,12 +1002,15 @@ HANDLERS: dict[str, Handler] = {
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "list": _cmd_list,
+    "summary": _cmd_summary,
     "history": _cmd_history,
     "logs": _cmd_logs,
     "run": _cmd_run,
     "check": _cmd_check,
     "migrate": _cmd_migrate,
     "alerts": _cmd_alerts,
+    "margins": _cmd_margins,
     "reconcile": _cmd_reconcile,
     "resolve": _cmd_resolve,
+    "backup": _cmd_backup,
 }

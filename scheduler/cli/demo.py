@@ -15,6 +15,7 @@ import contextlib
 import io
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -63,12 +64,13 @@ def _command() -> list[str]:
 
 
 def _show(args: list[str]) -> None:
-    print(f"\n$ smsledger {' '.join(args)}", flush=True)
+    """The command as one can paste it into a shell (quoted by `shlex.join`)."""
+    print(f"\n$ {shlex.join(['smsledger', *args])}", flush=True)
 
 
 def _smsledger(config: Path, *args: str) -> tuple[int, str]:
     """Run one `smsledger` command in this process (the real command code), echoing its output."""
-    _show(list(args))
+    _show(["--config", str(config), *args])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli_main(["--config", str(config), *args])
@@ -146,7 +148,8 @@ def main() -> int:
         _smsledger(config, "history", ids["D"])
         ok = _verdict(ids, finals)
         print(f"\nledger: {folder / 'ledger.db'}\nlog:    {folder / 'smsledger.log.jsonl'}")
-        print(f"inspect: smsledger --config {config} logs --event order_state_changed")
+        inspect = ["smsledger", "--config", str(config), "logs", "--event", "order_state_changed"]
+        print(f"inspect: {shlex.join(inspect)}")
         return 0 if ok else 1
     finally:
         if daemon is not None:

@@ -8,19 +8,32 @@ hands back only whole lines.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from ledger.models import Event
 from scheduler.cli.output import escape, pair
 from scheduler.cli.times import format_local
 
-__all__ = ["LEVELS", "LineFormatter", "LogFilter", "LogTail", "parse_record", "record_time"]
+__all__ = [
+    "LEVELS",
+    "LineFormatter",
+    "LogFilter",
+    "LogTail",
+    "parse_record",
+    "read_lines",
+    "record_time",
+    "rotated_logs",
+    "with_registration",
+]
 
 #: Severity order of the levels the log writer uses; a `--level` shows that level and above.
 LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -47,6 +60,69 @@ def record_time(record: Mapping[str, Any]) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None else None
+
+
+#: How far past an order's registration `with_registration` looks for the log's own line of it.
+_REGISTRATION_LOOKAHEAD = timedelta(seconds=60)
+
+
+def with_registration(lines: Iterable[str], registration: Event) -> Iterator[str]:
+    """`lines` with the order's registration read from the ledger, where the log has no line.
+
+    `register_many` logs one `orders_registered` line per call, not one per order, so an order's
+    story in the log may start at its first change after registration. The ledger's history
+    holds that event; it is put in as the `order_state_changed` line `register` would have
+    written (marked ``"source": "ledger"``), before the first line logged after it. Lines stream
+    through: only those within `_REGISTRATION_LOOKAHEAD` after the registration are held back,
+    to see whether the log has the registration itself.
+    """
+    at = registration.at.astimezone(UTC)
+    text = json.dumps(
+        {
+            "timestamp": at.isoformat().replace("+00:00", "Z"),
+            "level": "info",
+            "event": "order_state_changed",
+            "order_id": registration.order_id,
+            "from_state": None,
+            "to_state": registration.to_state.value,
+            "reason": registration.reason,
+            "source": "ledger",
+        }
+    )
+    held: list[str] = []
+    settled = False  # the registration is either shown already or known to be in the log
+    for line in lines:
+        if settled:
+            yield line
+            continue
+        record = parse_record(line)
+        if record is not None and _is_registration(record, registration):
+            settled = True
+            yield from held
+            yield line
+            continue
+        when = record_time(record) if record is not None else None
+        if not held and (when is None or when <= at):
+            yield line
+        elif when is None or when <= at + _REGISTRATION_LOOKAHEAD:
+            held.append(line)
+        else:
+            settled = True
+            yield text
+            yield from held
+            yield line
+    if not settled:
+        yield text
+        yield from held
+
+
+def _is_registration(record: dict[str, Any], registration: Event) -> bool:
+    return (
+        record.get("event") == "order_state_changed"
+        and str(record.get("order_id")) == registration.order_id
+        and record.get("from_state") is None
+        and record.get("to_state") == registration.to_state.value
+    )
 
 
 @dataclass(frozen=True)
@@ -142,35 +218,70 @@ class LogTail:
         self._partial = b""
         return True
 
-    def _drain(self, *, final: bool = False) -> list[str]:
+    def _drain(self, *, final: bool = False) -> Iterator[str]:
+        """The whole lines from the read position to the end, one read-sized chunk at a time."""
         assert self._file is not None
-        chunks = [self._partial]
         while chunk := self._file.read(_READ_SIZE):
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        *whole, self._partial = data.split(b"\n")
+            *whole, self._partial = (self._partial + chunk).split(b"\n")
+            for line in whole:
+                yield line.decode("utf-8", errors="replace")
         if final and self._partial:
-            whole.append(self._partial)
+            yield self._partial.decode("utf-8", errors="replace")
             self._partial = b""
-        return [line.decode("utf-8", errors="replace") for line in whole]
 
-    def poll(self) -> list[str]:
-        """Every whole line appended since the last poll."""
+    def lines(self) -> Iterator[str]:
+        """Every whole line appended since the last read, as it is read: memory stays flat
+        however much there is (a 100 MB log is never held at once)."""
         if self._file is None and not self._open():
-            return []
+            return
         assert self._file is not None
-        lines = self._drain()
+        yield from self._drain()
         try:
             st = self.path.stat()
         except FileNotFoundError:
             st = None
         if st is None or (st.st_dev, st.st_ino) != self._ident:
-            lines += self._drain(final=True)  # the rest of the old file, then the new one
+            yield from self._drain(final=True)  # the rest of the old file, then the new one
             self.close()
             if st is not None and self._open():
-                lines += self._drain()
+                yield from self._drain()
         elif st.st_size < self._file.tell():
             self._file.seek(0)
             self._partial = b""
-            lines += self._drain()
-        return lines
+            yield from self._drain()
+
+    def poll(self) -> list[str]:
+        """Every whole line appended since the last poll."""
+        return list(self.lines())
+
+
+def rotated_logs(path: str | os.PathLike[str]) -> list[Path]:
+    """The rotated siblings of a log, oldest first: ``log.3.gz``, ``log.2.gz``, ``log.1``
+    (logrotate's numbering, compressed or not)."""
+    log = Path(path)
+    pattern = re.compile(rf"{re.escape(log.name)}\.(\d+)(\.gz)?")
+    found = []
+    try:
+        siblings = list(log.parent.iterdir())
+    except OSError:
+        return []
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_file():
+            found.append((int(match[1]), sibling))
+    return [p for _, p in sorted(found, key=lambda item: -item[0])]
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The lines of a whole (rotated) log file, ``.gz`` decompressed as it is read."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as packed:
+            yield from _decoded(packed)
+    else:
+        with path.open("rb") as plain:
+            yield from _decoded(plain)
+
+
+def _decoded(file: Iterable[bytes]) -> Iterator[str]:
+    for raw in file:
+        yield raw.rstrip(b"\n").decode("utf-8", errors="replace")

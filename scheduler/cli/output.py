@@ -21,28 +21,35 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ledger import Event, Order
+from ledger import CancelSummary, Event, LabelSummary, Order
 from ledger.api import is_control
+from ledger.leads import Bracket, MarginReport, histogram
 from scheduler.cli.times import format_countdown, format_local, format_utc
 
 __all__ = [
     "ERROR_PREFIX",
+    "cancel_json",
     "delivery_json",
     "escape",
     "escape_json",
     "event_json",
     "history_table",
+    "label_summary_json",
+    "margins_lines",
     "order_json",
     "order_table",
     "pair",
     "say",
     "say_error",
     "status_lines",
+    "summary_table",
     "table",
     "to_json",
 ]
 
 _NONE = "-"
+#: Characters of the longest bar of a text histogram.
+HISTOGRAM_WIDTH = 40
 
 #: How every error line of the command starts (argparse's included).
 ERROR_PREFIX = "smsledger: error: "
@@ -152,6 +159,24 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
+def cancel_json(summary: CancelSummary) -> dict[str, Any]:
+    """`cancel --json`: the count of each outcome, and one result per order."""
+    first = summary.earliest_refused_send_at
+    return {
+        **{outcome.value: count for outcome, count in summary.counts.items()},
+        "earliest_refused_send_at": _utc_or_none(first),
+        "dry_run": summary.dry_run,
+        "orders": [
+            {
+                "order_id": r.order_id,
+                "state": None if r.state is None else r.state.value,
+                "outcome": r.outcome.value,
+            }
+            for r in summary.results
+        ],
+    }
+
+
 def to_json(value: object) -> str:
     """JSON text as the command prints it: UTF-8 kept readable, two-space indent."""
     return escape_json(json.dumps(value, ensure_ascii=False, indent=2))
@@ -243,3 +268,58 @@ def history_table(events: Iterable[Event], zone: ZoneInfo) -> list[str]:
         for event in events
     ]
     return table(("AT", "FROM", "TO", "REASON", "DETAILS"), rows)
+
+
+def label_summary_json(summary: LabelSummary) -> dict[str, Any]:
+    """One item of `summary --json`: a label's count per state (every state), next send time
+    and cancels at risk."""
+    return {
+        "label": summary.label,
+        "states": {state.value: count for state, count in summary.states.items()},
+        "next_send_at": _utc_or_none(summary.next_send_at),
+        "at_risk": summary.at_risk,
+    }
+
+
+def summary_table(summaries: Iterable[LabelSummary], zone: ZoneInfo) -> list[str]:
+    """One line per label: orders, next send time in `zone`, cancels at risk, states with orders."""
+    rows = [
+        (
+            _NONE if s.label is None else s.label,
+            str(s.total),
+            _NONE if s.next_send_at is None else format_local(s.next_send_at, zone),
+            str(s.at_risk),
+            " ".join(f"{state.value}={count}" for state, count in s.states.items() if count),
+        )
+        for s in summaries
+    ]
+    return table(("LABEL", "ORDERS", "NEXT SEND", "AT RISK", "STATES"), rows)
+
+
+def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) -> list[str]:
+    """`smsledger margins` for people: the figures, the verdict and a histogram of the leads."""
+
+    def sec(value: float | None) -> str:
+        return _NONE if value is None else f"{value:g} s"
+
+    lines = [
+        f"observations of the last {days:g} days: {report.orders_observed} orders with a bound, "
+        f"{report.closed_brackets} closed brackets",
+        f"longest lead seen (lower bound):  {sec(report.longest_lead_lower_bound_seconds)}",
+        f"lead of closed brackets:          p50 {sec(report.lead_p50)}, "
+        f"p90 {sec(report.lead_p90)}, max {sec(report.lead_max)}",
+        f"configured:                       refuse_before {sec(report.refuse_before_seconds)}, "
+        f"warn_before {sec(report.warn_before_seconds)}",
+        f"suggested:                        refuse_before "
+        f"{sec(report.suggested_refuse_before_seconds)}, "
+        f"warn_before {sec(report.suggested_warn_before_seconds)}",
+        f"verdict: {report.verdict.value}",
+    ]
+    bars = histogram(closed)
+    if bars:
+        most = max(count for _, _, count in bars)
+        lines.append("leads of closed brackets (midpoints):")
+        for low, high, count in bars:
+            bar = "#" * max(1 if count else 0, round(count / most * HISTOGRAM_WIDTH))
+            lines.append(f"  {low:>6g}-{high:<6g} s  {count:>4}  {bar}")
+    return lines

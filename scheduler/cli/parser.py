@@ -9,21 +9,32 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, NoReturn
 
 from ledger import OrderState
+from ledger.config import parse_listen
 from scheduler.cli.exits import EXIT_CODES_TEXT, EXIT_USAGE
 from scheduler.cli.logs import LEVELS
 from scheduler.cli.output import ERROR_PREFIX
 
-__all__ = ["EPILOG", "Parser", "build_parser", "positive_int", "seconds"]
+__all__ = [
+    "EPILOG",
+    "Parser",
+    "build_parser",
+    "days",
+    "listen_address",
+    "positive_int",
+    "seconds",
+]
 
 EPILOG = f"""\
 WHEN is ISO 8601: 2026-12-01T10:00+03:00 and 2026-12-01T07:00Z are taken as written;
 2026-12-01T10:00 is read in the config's timezone (a local time that zone skips or repeats is
 refused). logs --since also takes 30s, 10m, 2h, 1d (that long ago).
 
-config: --config PATH, else $SMSLEDGER_CONFIG, else ./smsledger.toml, else the defaults.
+config: --config PATH, else $SMSLEDGER_CONFIG, else the first of ./smsledger.toml,
+~/.config/smsledger/smsledger.toml, /etc/smsledger/smsledger.toml; else the defaults.
 $ILETIMERKEZI_API_KEY / $ILETIMERKEZI_API_HASH override the file's credentials.
 
 {EXIT_CODES_TEXT}"""
@@ -47,6 +58,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def listen_address(text: str) -> str:
+    """An option's HOST:PORT to listen on (`ledger.config.parse_listen`)."""
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def seconds(text: str) -> float:
     """An option's number of seconds: finite and >= 0."""
     try:
@@ -55,6 +75,28 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    """An option's whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def days(text: str) -> float:
+    """An option's number of days: finite and > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of days > 0")
     return value
 
 
@@ -82,6 +124,44 @@ class _Command:
     args: tuple[_Arg, ...] = ()
 
 
+#: What each command's --help ends with: an example or two (the long notes are the top --help's).
+_EXAMPLES: dict[str, str] = {
+    "register": "smsledger register 312891245 --send-at 2026-12-01T10:00 --label spring\n"
+    "  smsledger register --from spring.csv",
+    "send": "smsledger send --sender ACME --to 905551112233 --text 'Hello' --at 2026-12-01T10:00",
+    "cancel": "smsledger cancel 312891245 312891246 --wait 60\n"
+    "  smsledger cancel --label spring --dry-run",
+    "status": "smsledger status 312891245 --json",
+    "list": "smsledger list --label spring --from 2026-12-01T09:00 --until 2026-12-01T12:00",
+    "summary": "smsledger summary --label spring --json",
+    "history": "smsledger history 312891245",
+    "logs": "smsledger logs --level warning --since 1h\n"
+    "  smsledger logs --order 312891245 --include-rotated",
+    "run": "smsledger --config /etc/smsledger/smsledger.toml run",
+    "check": "smsledger check",
+    "migrate": "smsledger --config /etc/smsledger/smsledger.toml migrate",
+    "alerts": "smsledger alerts --pending\n  smsledger alerts test",
+    "reconcile": "smsledger reconcile --days 3 --dry-run",
+    "margins": "smsledger margins --days 7 --json",
+    "resolve": "smsledger resolve 312891245 --as cancelled --note 'panel shows it cancelled'",
+    "backup": "smsledger backup /var/backups/smsledger-$(date +%F).db",
+}
+_SEE_TOP = "WHEN formats, where the config is found and exit codes: smsledger --help"
+
+
+def _epilog(name: str) -> str:
+    """A command's help ends with its example (a test holds every command to having one)."""
+    example = _EXAMPLES.get(name)
+    return f"example:\n  {example}\n\n{_SEE_TOP}" if example else _SEE_TOP
+
+
+def _version() -> str:
+    try:
+        return metadata.version("smsledger")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
 _IYS_HELP = "1 commercial (default), 0 transactional"
 _ORDER_ID = _arg("order_id", metavar="ORDER_ID")
 _LABEL = _arg("--label", metavar="TEXT", help="a note shown with the order")
@@ -93,10 +173,31 @@ _COMMANDS: tuple[_Command, ...] = (
     _Command(
         "register",
         "record an order already scheduled at the provider",
+        "One order: ORDER_ID --send-at WHEN. A campaign: --from FILE (- for stdin), CSV with a\n"
+        'header (order_id,send_at[,label]) or JSON lines ({"order_id", "send_at", "label"}),\n'
+        "told apart by the content. Every line is checked first: any bad line registers\n"
+        "nothing and exits 2, listing 'line N: what is wrong'; --skip-invalid registers the\n"
+        "good lines and lists the bad (exit 0). Lines already registered with the same time\n"
+        "count as already registered, so an import can be run again.",
         args=(
-            _ORDER_ID,
-            _required("--send-at", "WHEN", "its send time"),
-            _LABEL,
+            _arg("order_id", nargs="?", metavar="ORDER_ID"),
+            _arg("--send-at", metavar="WHEN", help="its send time"),
+            _arg(
+                "--label",
+                metavar="TEXT",
+                help="a note shown with the order (with --from: for lines without one)",
+            ),
+            _arg(
+                "--from",
+                dest="source",
+                metavar="FILE",
+                help="register every order in FILE (- for stdin)",
+            ),
+            _arg(
+                "--skip-invalid",
+                action="store_true",
+                help="with --from: register the good lines, list the bad ones",
+            ),
         ),
     ),
     _Command(
@@ -130,12 +231,26 @@ _COMMANDS: tuple[_Command, ...] = (
     _Command(
         "cancel",
         "ask for orders to be cancelled (the daemon sends it)",
-        "Prints each order's state. Exit 0 when every order is cancel_requested, cancelling or\n"
-        "cancelled (with --wait: cancelled); 1 when one was refused, is too late, not found,\n"
-        "needs attention, was dispatched or is not final when --wait runs out; 2 when an\n"
-        "order id is not in the ledger (the other ids are still handled).",
+        "Give order ids, or --label for every order of a campaign. Prints each order's state\n"
+        "(with --label, the count of each outcome). Exit 0 when every order is\n"
+        "cancel_requested, cancelling or cancelled (with --wait: cancelled); 1 when one was\n"
+        "refused, is too late, not found, needs attention, was dispatched or is not final when\n"
+        "--wait runs out; 2 when an order id is not in the ledger (the other ids are still\n"
+        "handled). --json prints one object: the count of each outcome (requested, warned,\n"
+        "refused, already, final, unknown) and orders: [{order_id, state, outcome}].",
         (
-            _arg("order_ids", nargs="+", metavar="ORDER_ID"),
+            _arg("order_ids", nargs="*", metavar="ORDER_ID"),
+            _arg(
+                "--label",
+                metavar="LABEL",
+                help="cancel every order with this label (instead of ids)",
+            ),
+            _arg(
+                "--dry-run",
+                action="store_true",
+                help="say what would happen now and write nothing",
+            ),
+            _JSON_OBJECT,
             _arg(
                 "--wait",
                 type=seconds,
@@ -155,8 +270,28 @@ _COMMANDS: tuple[_Command, ...] = (
                 metavar="STATE",
                 help=f"only orders in this state ({', '.join(s.value for s in OrderState)})",
             ),
+            _arg("--label", metavar="LABEL", help="only orders with this label"),
+            _arg(
+                "--from", dest="send_from", metavar="WHEN", help="only orders sent at or after WHEN"
+            ),
+            _arg("--until", metavar="WHEN", help="only orders sent before WHEN"),
+            _arg(
+                "--limit",
+                type=_count,
+                metavar="N",
+                help="at most N orders (the first by send time)",
+            ),
             _JSON_ARRAY,
         ),
+    ),
+    _Command(
+        "summary",
+        "count each label's orders by state",
+        "One line per label (orders without one last): how many orders are in each state, the\n"
+        "next send time still to come, and AT RISK: cancels asked for but not settled yet whose\n"
+        "dispatch is inside the warn margin. --json prints an array of\n"
+        '{"label", "states": {state: count}, "next_send_at", "at_risk"}.',
+        (_arg("--label", metavar="LABEL", help="only this label"), _JSON_ARRAY),
     ),
     _Command(
         "history", "show an order's state changes, oldest first", args=(_ORDER_ID, _JSON_ARRAY)
@@ -186,14 +321,33 @@ _COMMANDS: tuple[_Command, ...] = (
                 help="print the matching events, then new ones as they are written (Ctrl-C stops)",
             ),
             _arg("--json", action="store_true", help="print the matching lines unchanged"),
+            _arg(
+                "--include-rotated",
+                action="store_true",
+                help="read the rotated logs first, oldest first (LOG.2.gz, LOG.1, then LOG)",
+            ),
         ),
     ),
     _Command(
         "run",
         "run the daemon that sends and verifies cancels",
-        args=(_arg("--once", action="store_true", help="do one pass and exit"),),
+        args=(
+            _arg("--once", action="store_true", help="do one pass and exit"),
+            _arg(
+                "--metrics",
+                type=listen_address,
+                metavar="HOST:PORT",
+                help="serve /metrics, /healthz and /readyz there (default [metrics] listen)",
+            ),
+        ),
     ),
-    _Command("check", "check the config, the ledger and the provider credentials"),
+    _Command(
+        "check",
+        "check the config, the ledger and the provider credentials",
+        "--offline makes no provider call (credentials are only checked to be set): for a\n"
+        "service manager's start check, which a provider outage must not fail.",
+        (_arg("--offline", action="store_true", help="do not call the provider"),),
+    ),
     _Command(
         "alerts",
         "list recent alerts and how their delivery stands, or send a test alert",
@@ -214,6 +368,23 @@ _COMMANDS: tuple[_Command, ...] = (
         "(exit 1).",
     ),
     _Command(
+        "margins",
+        "say how early the provider queues orders, and whether refuse_before is long enough",
+        "From the get-report answers the daemon kept (and its probes): the longest lead seen,\n"
+        "the leads of closed brackets, suggested margins and a verdict. Exit 1 when the\n"
+        "verdict is refuse_before_too_small (a monitor can run it), else 0.",
+        (
+            _arg(
+                "--days",
+                type=days,
+                default=30.0,
+                metavar="N",
+                help="judge the observations of the last N days (default 30)",
+            ),
+            _JSON_OBJECT,
+        ),
+    ),
+    _Command(
         "reconcile",
         "bring the ledger in line with the provider's order list (never cancels)",
         "Reads every order the provider created in the last --days days (get-reports, confirmed\n"
@@ -232,6 +403,14 @@ _COMMANDS: tuple[_Command, ...] = (
             _arg("--dry-run", action="store_true", help="only say what would change"),
             _JSON_OBJECT,
         ),
+    ),
+    _Command(
+        "backup",
+        "copy a SQLite ledger consistently, also while daemons run",
+        "Uses SQLite's online backup API (copying the .db file alone is unsafe in WAL mode):\n"
+        "the copy is one snapshot, checked, then renamed to PATH, which must not exist. For a\n"
+        "PostgreSQL ledger use pg_dump (exit 2 says how).",
+        (_arg("path", metavar="PATH", help="the new file"),),
     ),
     _Command(
         "resolve",
@@ -261,7 +440,8 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--config",
         metavar="PATH",
         default=None if top else argparse.SUPPRESS,
-        help="config file (default: $SMSLEDGER_CONFIG, else ./smsledger.toml)",
+        help="config file (default: $SMSLEDGER_CONFIG, else ./smsledger.toml, "
+        "~/.config/smsledger/smsledger.toml, /etc/smsledger/smsledger.toml)",
     )
     parser.add_argument(
         "--debug",
@@ -278,11 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = Parser(
         prog="smsledger",
+        allow_abbrev=False,
         description="Keep future-scheduled iletiMerkezi SMS orders safe to cancel.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"smsledger {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in _COMMANDS:
         sub = commands.add_parser(
@@ -291,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{command.help}.\n\n{command.details}"
             if command.details
             else command.help,
-            epilog=EPILOG,
+            epilog=_epilog(command.name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
         )
         _add_common(sub, top=False)
         for arg in command.args:

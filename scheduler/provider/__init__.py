@@ -6,52 +6,9 @@ the provider, is imported only when asked for.
 
 from __future__ import annotations
 
-from scheduler.provider.client import (
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_TIMEOUT_SECONDS,
-    MAX_ANSWER_BYTES,
-    PROVIDER_ZONE,
-    ApiSettings,
-    Balance,
-    CancelAnswer,
-    IletiMerkeziClient,
-    ListedOrder,
-    Report,
-    ReportsPage,
-    ReportStatus,
-    SendResult,
-    format_send_datetime,
-)
-from scheduler.provider.errors import (
-    CODE_MEANINGS,
-    ProviderAuthError,
-    ProviderError,
-    ProviderStatusError,
-    ProviderTransientError,
-    SendTimeError,
-)
+# The package's surface is exactly its modules' public names: listed once, in each module.
+from scheduler.provider import client, errors
+from scheduler.provider.client import *  # noqa: F403
+from scheduler.provider.errors import *  # noqa: F403
 
-__all__ = [
-    "CODE_MEANINGS",
-    "DEFAULT_BASE_URL",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_TIMEOUT_SECONDS",
-    "MAX_ANSWER_BYTES",
-    "PROVIDER_ZONE",
-    "ApiSettings",
-    "Balance",
-    "CancelAnswer",
-    "IletiMerkeziClient",
-    "ListedOrder",
-    "ProviderAuthError",
-    "ProviderError",
-    "ProviderStatusError",
-    "ProviderTransientError",
-    "Report",
-    "ReportStatus",
-    "ReportsPage",
-    "SendResult",
-    "SendTimeError",
-    "format_send_datetime",
-]
+__all__ = client.__all__ + errors.__all__

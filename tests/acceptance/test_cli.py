@@ -27,10 +27,13 @@ import pytest
 from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger
 
 from ledger import Ledger, OrderState
+from ledger.heartbeats import NO_DAEMON
 from ledger.models import EVENTS_TABLE, ORDERS_TABLE
-from scheduler.provider.sandbox import Sandbox
 
 pytestmark = needs_smsledger
+
+#: What `cancel` and `check` say on stderr when no daemon has finished a pass lately.
+NO_DAEMON_WARNING = f"warning: {NO_DAEMON}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ def book(work: Path) -> Iterator[Ledger]:
     """The work folder's ledger, opened in the test process as another program would."""
     with Ledger(f"sqlite:///{work / 'ledger.db'}") as ledger:
         yield ledger
+
+
+def without_liveness_warning(result: Result) -> Result:
+    """The result minus the warning that no daemon runs (these tests start none), asserted once."""
+    lines = result.err.splitlines(keepends=True)
+    warned = [line for line in lines if line.rstrip("\n") == NO_DAEMON_WARNING]
+    assert len(warned) == 1, result.err
+    return Result(result.code, result.out, "".join(x for x in lines if x not in warned))
 
 
 def snapshot(ledger: Ledger) -> list[Any]:
@@ -243,7 +254,7 @@ def test_cancel_accepts_warns_and_refuses_and_reports_unknown_ids(work: Path, bo
     book.register("near", now + timedelta(minutes=10))  # inside warn_before (15 min)
     book.register("late", now + timedelta(minutes=4))  # inside refuse_before (5 min)
     before = datetime.now(UTC)
-    result = run(work, "cancel", "far", "near", "late", "ghost")
+    result = without_liveness_warning(run(work, "cancel", "far", "near", "late", "ghost"))
     after = datetime.now(UTC)
     assert result.code == 2, "an unknown id is an input error, and outranks a refusal"
     lines = result.out.splitlines()
@@ -271,7 +282,7 @@ def test_cancel_accepts_warns_and_refuses_and_reports_unknown_ids(work: Path, bo
 
     again, refused = run_all(work, ["cancel", "far"], ["cancel", "late"])
     assert again.code == 0, "asking again for a cancel under way is fine"
-    assert again.err == ""
+    assert again.err == f"{NO_DAEMON_WARNING}\n", "nothing but: no daemon runs here"
     assert refused.code == 1
     assert_one_error_line(refused, "cancel of order late refused")
 
@@ -279,7 +290,7 @@ def test_cancel_accepts_warns_and_refuses_and_reports_unknown_ids(work: Path, bo
 def test_cancel_wait_reports_orders_the_daemon_never_finished(work: Path, book: Ledger) -> None:
     book.register("a", book.now() + timedelta(hours=2))
     started = time.monotonic()
-    result = run(work, "cancel", "a", "--wait", "0.6")
+    result = without_liveness_warning(run(work, "cancel", "a", "--wait", "0.6"))
     assert 0.6 <= time.monotonic() - started < 10
     assert result.code == 1
     assert result.out.count("cancel_requested") == 2, "the state before and after the wait"
@@ -339,7 +350,7 @@ def test_cancel_of_an_order_that_ended_too_late_says_so_and_still_handles_the_ot
         now=book.now(),
         reason="provider reports sending in progress (113)",
     )
-    result = run(work, "cancel", "gone", "next")
+    result = without_liveness_warning(run(work, "cancel", "gone", "next"))
     assert result.code == 1
     assert [line.split()[:2] for line in result.out.splitlines()[1:]] == [
         ["gone", "too_late"],
@@ -526,6 +537,23 @@ def test_logs_filters_alone_and_combined(logged: Path) -> None:
     assert results[0].out.splitlines() == [line for line in LOG_LINES if line.startswith("{")]
 
 
+def test_logs_order_shows_a_bulk_registration_from_the_ledger(work: Path, book: Ledger) -> None:
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    book.register_many([("501", send_at), ("502", send_at)], label="spring")
+    assert run(work, "cancel", "501").code == 0  # the command logs this change to log.jsonl
+
+    result = run(work, "logs", "--json", "--order", "501")
+
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert [(r["event"], r["from_state"], r["to_state"]) for r in records] == [
+        ("order_state_changed", None, "scheduled"),
+        ("order_state_changed", "scheduled", "cancel_requested"),
+    ]
+    assert records[0]["source"] == "ledger"
+    assert records[0]["reason"] == "registered"
+
+
 def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logged: Path) -> None:
     log = logged / "log.jsonl"
     lines: list[str] = []
@@ -572,12 +600,6 @@ def test_logs_follow_prints_new_lines_survives_rotation_and_stops_on_ctrl_c(logg
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(port=0, key="sandbox-key", hash="sandbox-hash") as box:
-        yield box
-
-
-@pytest.fixture
 def provider(work: Path, sandbox: Any) -> Path:
     """The work folder, its config pointing at the sandbox with the sandbox's credentials."""
     (work / "smsledger.toml").write_text(
@@ -591,15 +613,21 @@ def test_check_reports_config_ledger_and_balance(provider: Path, book: Ledger) -
     ok = run(provider, "check")
     rejected = run(provider, "check", env=clean_env(ILETIMERKEZI_API_KEY="wrong"))
     assert ok.code == 0, ok.err
-    assert ok.err == ""
-    assert ok.out.splitlines() == [
-        f"config    ok    {provider / 'smsledger.toml'}",
+    no_daemon = f"{NO_DAEMON} (none seen)"
+    assert ok.err == f"warning: daemons: {no_daemon}\n", "a warning, not a failure"
+    *lines, clock = ok.out.splitlines()
+    assert lines == [
+        f"config    ok    {provider / 'smsledger.toml'} (from the first found of the search path)",
         f"ledger    ok    sqlite:///{provider / 'ledger.db'}",
+        f"daemons   WARN  {no_daemon}",
         f"provider  ok    {ok.out.split('provider  ok    ')[1].split()[0]} "
         "balance 1000.00 / 5000 SMS",
     ]
+    assert clock.startswith("clock     ok    the provider's clock is "), clock
     assert rejected.code == 1
     assert "provider  FAIL  credentials rejected" in rejected.out
+    assert rejected.err_lines[0] == f"warning: daemons: {no_daemon}"
+    rejected = Result(rejected.code, rejected.out, rejected.err.split("\n", 1)[1])
     assert_one_error_line(rejected, "provider: credentials rejected", "401")
 
 
@@ -689,7 +717,7 @@ def test_a_full_log_neither_fails_a_cancel_nor_stops_the_daemon(
     sandbox.add_order("700001", send_at)
     notice = "smsledger: cannot write the log /dev/full: No space left on device; carrying on"
 
-    cancel = run(provider, "cancel", "700001")
+    cancel = without_liveness_warning(run(provider, "cancel", "700001"))
     assert cancel.code == 0, cancel.err
     assert cancel.err.startswith(notice) and len(cancel.err_lines) == 1, cancel.err
     assert book.get("700001").state is OrderState.CANCEL_REQUESTED

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,9 +56,8 @@ def ledger_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(faults=Faults(latency=LATENCY)) as running:
-        yield running
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    return make_sandbox(Faults(latency=LATENCY))
 
 
 def application_name(name: str) -> str:
@@ -226,6 +225,7 @@ def test_three_daemons_split_the_work_and_the_survivors_finish_a_killed_ones_aft
     for event in recovered:
         assert (event["previous_owner"], event["reason"]) == (owners[victim], "lease expired")
         expired = held_cancelling[event["order_id"]].claim_expires_at
+        assert expired is not None
         assert datetime.fromisoformat(event["timestamp"]) >= expired
 
     elapsed = time.monotonic() - started

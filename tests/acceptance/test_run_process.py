@@ -53,7 +53,7 @@ max_concurrent_cancels = 16
 path = "log.jsonl"
 """
 #: The test process's ledger writes like the daemons (see `Work.write_config`).
-FAST = {"synchronous": "NORMAL"}
+FAST: dict[str, Any] = {"synchronous": "NORMAL"}
 
 
 @dataclass
@@ -156,17 +156,13 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-def ledgers() -> Iterator[Callable[..., Ledger]]:
-    opened: list[Ledger] = []
+def ledgers(ledger_factory: Callable[..., Ledger]) -> Callable[..., Ledger]:
+    """Open a ledger at `url` with this module's settings (closed after the test)."""
 
     def make(url: str, **kwargs: Any) -> Ledger:
-        ledger = Ledger(url, **FAST, **kwargs)
-        opened.append(ledger)
-        return ledger
+        return ledger_factory(url=url, **FAST, **kwargs)
 
-    yield make
-    for ledger in opened:
-        ledger.close()
+    return make
 
 
 def make_work(

@@ -8,7 +8,6 @@ its own zone (Europe/Istanbul by default) and its truth records the instant it w
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,12 +31,6 @@ key = "{key}"
 hash = "{hash}"
 """
 )
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox() as running:  # the real clock, as the command uses
-        yield running
 
 
 def folder(root: Path, zone: str, sandbox: Sandbox) -> Path:

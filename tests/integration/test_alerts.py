@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,18 +37,11 @@ PAYLOAD_KEYS = {
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", synchronous="NORMAL")
+def ledger(open_ledger: Callable[..., Ledger]) -> Ledger:
+    """The tier's ledger, recording every alert event."""
+    opened = open_ledger()
     opened.store.alerts = AlertPolicy(frozenset(ALERT_EVENTS))
-    yield opened
-    opened.close()
+    return opened
 
 
 def alerts_config(receiver: Receiver, **overrides: Any) -> AlertsConfig:

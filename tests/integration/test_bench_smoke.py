@@ -17,7 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 # Read at import: the autouse clean_environ fixture removes SMSLEDGER_* before the test runs.
 POSTGRES_URL = os.environ.get("SMSLEDGER_TEST_POSTGRES_URL") or None
 
-SECTIONS = ["bulk", "one-by-one", "apscheduler", "pass", "cancels", "latency", "postgres"]
+SECTIONS = [
+    "bulk",
+    "one-by-one",
+    "apscheduler",
+    "pass",
+    "cancels",
+    "latency",
+    "metrics",
+    "postgres",
+]
 ROWS = [
     "| 1 bulk registration |",
     "| 2 one-by-one registration |",
@@ -26,6 +35,7 @@ ROWS = [
     "| 4 pass cost |",
     "| 5 cancel throughput |",
     "| 6 request to first call |",
+    "| 7 metrics cost |",
 ]
 
 

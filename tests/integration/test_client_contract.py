@@ -6,7 +6,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -51,20 +51,14 @@ def clock() -> MutableClock:
 
 
 @pytest.fixture
-def sandbox(clock: MutableClock) -> Iterator[Sandbox]:
-    with Sandbox(clock=clock, seed=11) as running:
-        yield running
+def sandbox_options(clock: MutableClock) -> dict[str, Any]:
+    return {"clock": clock, "seed": 11}
 
 
 @pytest.fixture
 def client_options(clock: MutableClock) -> dict[str, Any]:
     """Clients of this module read the test's clock and wait 2 s unless told otherwise."""
     return {"timeout": 2.0, "clock": clock}
-
-
-@pytest.fixture
-def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
-    return make_client(sandbox)
 
 
 def send(client: IletiMerkeziClient, **overrides: Any) -> SendResult:

@@ -3,7 +3,7 @@ the daemon warn, alert, and refuse a cancel the unwidened margins would have sen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,25 +22,19 @@ from scheduler.skew import SkewEstimator
 TEN_MINUTES = 600.0
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.close()
-
-
 @pytest.mark.parametrize(("offset", "ends"), [(TEN_MINUTES, "cancel_refused"), (0.0, "cancelled")])
 def test_a_provider_clock_ten_minutes_ahead_is_warned_alerted_and_widens_the_margins(
     tmp_path: Path,
     make_sandbox: Callable[..., Sandbox],
     make_client: Callable[..., IletiMerkeziClient],
+    open_ledger: Callable[..., Ledger],
     receiver: Receiver,
     offset: float,
     ends: str,
 ) -> None:
     # queue_lead 0: the order stays pending at the provider until its (provider's) send time.
     sandbox = make_sandbox(Faults(clock_offset=offset), queue_lead=0)
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", synchronous="NORMAL")
+    ledger = open_ledger()
     ledger.store.alerts = AlertPolicy(frozenset(ALERT_EVENTS))
     # 12 minutes ahead on our clock: outside the 5-minute refuse margin, so the unwidened
     # margins send the cancel; 2 minutes ahead on the provider's.

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from postgres import ENGINES, ledger_url_for
 
+from ledger.models import METADATA
+
 _IMPORT_ONLY = """
 import json
 from sqlmodel import SQLModel
@@ -85,6 +87,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def test_importing_the_library_adds_nothing_to_sqlmodels_global_metadata() -> None:
     assert run(_IMPORT_ONLY) == []
+    assert [t for t in METADATA.tables if not t.startswith("smsledger_")] == []
 
 
 def test_an_app_model_named_orders_and_its_create_all_leave_the_ledger_out_of_the_apps_database(
@@ -108,12 +111,8 @@ def test_an_app_sharing_the_ledgers_database_creates_only_its_own_orders_table_b
 
     assert result == {
         "metadata": ["orders"],
-        "app_tables": [
-            "orders",
-            "smsledger_alembic_version",
-            "smsledger_order_events",
-            "smsledger_orders",
-        ],
+        # The app's table beside the ledger's own (every one prefixed) and nothing else.
+        "app_tables": sorted(["orders", "smsledger_alembic_version", *METADATA.tables]),
         "totals": [250],
         "state": "cancel_requested",
         "orders": ["o1"],

@@ -7,13 +7,11 @@ margins, leases and backoff waits are crossed in fake time and each test runs in
 from __future__ import annotations
 
 import itertools
-import random
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,48 +55,14 @@ def sandbox_options(clock: FakeClock) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
-    """A provider that queues orders two minutes before their send time (inside our margins)."""
-    return make_sandbox()
+def ledger_options(clock: FakeClock) -> dict[str, Any]:
+    return {"warn_before": WARN, "refuse_before": REFUSE, "synchronous": "NORMAL", "clock": clock}
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    opened = Ledger(
-        f"sqlite:///{tmp_path / 'ledger.db'}",
-        warn_before=WARN,
-        refuse_before=REFUSE,
-        synchronous="NORMAL",
-        clock=clock,
-    )
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
-    return make_client(sandbox)
-
-
-@pytest.fixture
-def make_daemon(
-    ledger: Ledger, clock: FakeClock, client: IletiMerkeziClient
-) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(**kwargs: Any) -> Daemon:
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("sleep", clock.advance)
-        kwargs.setdefault("rng", random.Random(0))
-        kwargs.setdefault("lease", LEASE)
-        kwargs.setdefault("lease_clock", clock)
-        daemon = Daemon(kwargs.pop("ledger", ledger), kwargs.pop("client", client), **kwargs)
-        daemons.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in daemons:
-        daemon.stop(grace=5.0)
+def daemon_options(clock: FakeClock) -> dict[str, Any]:
+    """Business time, sleeps and leases all on the fake clock."""
+    return {"clock": clock, "sleep": clock.advance, "lease": LEASE, "lease_clock": clock}
 
 
 @pytest.fixture
@@ -145,14 +109,17 @@ def order(ledger: Ledger, sandbox: Sandbox, clock: FakeClock) -> Callable[..., O
 
 
 def truth_of(sandbox: Sandbox, order_id: str) -> dict[str, Any]:
-    return sandbox.truth()["orders"][order_id]
+    truth: dict[str, Any] = sandbox.truth()["orders"][order_id]
+    return truth
 
 
 def states_in_history(ledger: Ledger, order_id: str) -> list[str]:
     return [event.to_state.value for event in ledger.history(order_id)]
 
 
-def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events_named(
+    logs: Sequence[MutableMapping[str, Any]], name: str
+) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 
@@ -284,7 +251,7 @@ def test_cancel_whose_answer_is_lost_is_verified_not_resent(
     order: Callable[..., Order],
 ) -> None:
     oid = order().order_id
-    sandbox.set_faults(Faults(**{fault: {"cancel-order": 1}}))
+    sandbox.set_faults(Faults.from_dict({fault: {"cancel-order": 1}}))
 
     with capture_logs() as logs:
         run_pass_within(daemon, PASS_TIMEOUT)

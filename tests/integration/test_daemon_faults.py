@@ -10,9 +10,8 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,34 +35,8 @@ def sandbox_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def open_ledger(tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
-    """Open the one ledger file of the test (again: as another process would)."""
-    opened: list[Ledger] = []
-
-    def make() -> Ledger:
-        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", synchronous="NORMAL")
-        opened.append(ledger)
-        return ledger
-
-    yield make
-    for ledger in opened:
-        ledger.close()
-
-
-@pytest.fixture
-def make_daemon() -> Iterator[Callable[..., Daemon]]:
-    made: list[tuple[Daemon, IletiMerkeziClient]] = []
-
-    def make(ledger: Ledger, sandbox: Sandbox, seed: int = 0, **kwargs: Any) -> Daemon:
-        client = IletiMerkeziClient(sandbox.url, KEY, HASH, timeout=2.0)
-        daemon = Daemon(ledger, client, rng=random.Random(seed), **kwargs)
-        made.append((daemon, client))
-        return daemon
-
-    yield make
-    for daemon, client in made:
-        daemon.stop(grace=5.0)
-        client.close()
+def client_options() -> dict[str, Any]:
+    return {"timeout": 2.0}
 
 
 def cancel_requested(ledger: Ledger, sandbox: Sandbox, count: int, prefix: str) -> list[str]:
@@ -83,6 +56,7 @@ def test_every_order_is_cancelled_exactly_once_through_provider_faults(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
     make_daemon: Callable[..., Daemon],
+    make_client: Callable[..., IletiMerkeziClient],
 ) -> None:
     sandbox = make_sandbox(
         Faults(
@@ -95,7 +69,7 @@ def test_every_order_is_cancelled_exactly_once_through_provider_faults(
     )
     ledger = open_ledger()
     ids = cancel_requested(ledger, sandbox, 60, "f")
-    daemon = make_daemon(ledger, sandbox, max_concurrent_cancels=16)
+    daemon = make_daemon(ledger, make_client(sandbox), max_concurrent_cancels=16)
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         finals = run_passes_until_final(daemon, ledger, ids, timeout=DEADLINE)
@@ -130,12 +104,13 @@ def test_a_provider_whose_report_lags_half_a_second_gets_one_cancel_per_order(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
     make_daemon: Callable[..., Daemon],
+    make_client: Callable[..., IletiMerkeziClient],
 ) -> None:
     """On the real clock: the lag is waited out with short reads, never answered by a cancel."""
     sandbox = make_sandbox(Faults(report_lag=0.5, latency=0.01))
     ledger = open_ledger()
     ids = cancel_requested(ledger, sandbox, 20, "l")
-    daemon = make_daemon(ledger, sandbox, max_concurrent_cancels=8)
+    daemon = make_daemon(ledger, make_client(sandbox), max_concurrent_cancels=8)
 
     finals = run_passes_until_final(daemon, ledger, ids, timeout=DEADLINE)
 
@@ -150,11 +125,12 @@ def test_every_provider_call_line_of_the_daemon_carries_its_attempt(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
     make_daemon: Callable[..., Daemon],
+    make_client: Callable[..., IletiMerkeziClient],
 ) -> None:
     sandbox = make_sandbox(Faults(fail_next={"get-report": 1}))
     ledger = open_ledger()
     ids = cancel_requested(ledger, sandbox, 2, "a")
-    daemon = make_daemon(ledger, sandbox)
+    daemon = make_daemon(ledger, make_client(sandbox))
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         run_passes_until_final(daemon, ledger, ids, timeout=DEADLINE)
@@ -196,12 +172,13 @@ def test_two_daemons_on_one_ledger_send_each_cancel_once(
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
     make_daemon: Callable[..., Daemon],
+    make_client: Callable[..., IletiMerkeziClient],
 ) -> None:
     sandbox = make_sandbox(Faults(latency=0.05))
     ledgers = [open_ledger(), open_ledger()]
     ids = cancel_requested(ledgers[0], sandbox, 100, "t")
     daemons = [
-        make_daemon(ledger, sandbox, seed=n, max_concurrent_cancels=8)
+        make_daemon(ledger, make_client(sandbox), rng=random.Random(n), max_concurrent_cancels=8)
         for n, ledger in enumerate(ledgers)
     ]
     assert daemons[0].owner != daemons[1].owner
@@ -225,12 +202,15 @@ def test_two_daemons_in_one_process_never_send_a_second_cancel_while_one_is_in_f
     make_sandbox: Callable[..., Sandbox],
     open_ledger: Callable[[], Ledger],
     make_daemon: Callable[..., Daemon],
+    make_client: Callable[..., IletiMerkeziClient],
 ) -> None:
     # One daemon's cancels are in flight (slow) when the other runs a pass.
     sandbox = make_sandbox(Faults(latency=1.0, endpoints=frozenset({"cancel-order"})))
     ledger = open_ledger()
     ids = cancel_requested(ledger, sandbox, 4, "s")
-    first, second = (make_daemon(open_ledger(), sandbox, seed=n) for n in range(2))
+    first, second = (
+        make_daemon(open_ledger(), make_client(sandbox), rng=random.Random(n)) for n in range(2)
+    )
 
     first.run_pass()
     wait_for(

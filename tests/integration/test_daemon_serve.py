@@ -31,13 +31,6 @@ class CountingDaemon(Daemon):
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", synchronous="NORMAL")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
 def client() -> Iterator[IletiMerkeziClient]:
     made = IletiMerkeziClient(NO_PROVIDER, "key", "hash", timeout=1.0)
     yield made

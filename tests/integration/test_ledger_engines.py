@@ -57,24 +57,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def open_ledger(ledger_url: str, clock: ManualClock) -> Iterator[Callable[..., Ledger]]:
-    """Open (another) `Ledger` on the test's database, at the test's clock; all closed after."""
-    opened: list[Ledger] = []
-
-    def make(**kwargs: Any) -> Ledger:
-        kwargs.setdefault("clock", clock)
-        new = Ledger(ledger_url, **kwargs)
-        opened.append(new)
-        return new
-
-    yield make
-    for each in opened:
-        each.close()
-
-
-@pytest.fixture
-def ledger(open_ledger: Callable[..., Ledger]) -> Ledger:
-    return open_ledger()
+def ledger_options(clock: ManualClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 @pytest.fixture

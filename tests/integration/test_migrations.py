@@ -373,6 +373,26 @@ def test_revision_0002_goes_down_and_up_again(ledger_url: str, store: Store) -> 
     assert versions(store) == [HEAD]
 
 
+def test_revision_0006_adds_the_lead_observations_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    """A ledger at 0003 gains the observations table; going down drops it."""
+    make_v0_ledger(store)
+    upgrade_to(store, "0003")
+    migrate(ledger_url)
+    with store.read() as conn:
+        assert sa.inspect(conn).has_table("smsledger_lead_observations")
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0003")
+    with store.read() as conn:
+        down = sa.inspect(conn).has_table("smsledger_lead_observations")
+    migrate(ledger_url)
+
+    assert not down
+    assert versions(store) == [HEAD]
+
+
 def upgrade_to(store: Store, revision: str) -> None:
     """Bring a ledger made before versioning to `revision` and no further (as an old smsledger)."""
     with store.schema_lock() as conn:
@@ -511,6 +531,27 @@ def test_revision_0005_adds_the_alerts_and_daemons_tables_and_goes_down_without_
     assert versions(store) == [HEAD]
 
 
+def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
+    ledger_url: str, store: Store
+) -> None:
+    make_v0_ledger(store)
+    upgrade_to(store, "0006")
+    before = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+    at_head = schema_names(store)
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0006")
+    down = (schema_names(store), snapshot(store))
+    migrate(ledger_url)
+
+    index = "ix_smsledger_orders_label_order_id"
+    assert index not in {name for _, name in before[0]}
+    assert index in {name for _, name in at_head}
+    assert down == before
+    assert versions(store) == [HEAD]
+
+
 def test_revision_0008_adds_the_jobs_table_and_goes_down_without_it(
     ledger_url: str, store: Store
 ) -> None:
@@ -520,7 +561,7 @@ def test_revision_0008_adds_the_jobs_table_and_goes_down_without_it(
     assert columns == {"name", "last_run_at", "claim_owner", "claim_expires_at"}
 
     with store.schema_lock() as conn:
-        command.downgrade(alembic_config(connection=conn), "0005")
+        command.downgrade(alembic_config(connection=conn), "0007")
     with store.read() as conn:
         tables = set(sa.inspect(conn).get_table_names())
     migrate(ledger_url)

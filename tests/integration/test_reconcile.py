@@ -4,7 +4,6 @@ provider error half way."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,18 +30,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sandbox(make_sandbox: Callable[..., Sandbox], clock: FakeClock) -> Sandbox:
-    return make_sandbox(clock=clock)
+def sandbox_options(clock: FakeClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 @pytest.fixture
-def client(make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox) -> IletiMerkeziClient:
-    return make_client(sandbox)
-
-
-@pytest.fixture
-def ledger(ledger_factory: Callable[..., Ledger], clock: FakeClock) -> Ledger:
-    return ledger_factory(clock=clock)
+def ledger_options(clock: FakeClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 def run(ledger: Ledger, client: IletiMerkeziClient, **options: Any) -> ReconcileReport:

@@ -68,9 +68,8 @@ def clock() -> MutableClock:
 
 
 @pytest.fixture
-def sandbox(clock: MutableClock) -> Iterator[Sandbox]:
-    with Sandbox(clock=clock, seed=7) as running:
-        yield running
+def sandbox_options(clock: MutableClock) -> dict[str, Any]:
+    return {"clock": clock, "seed": 7}
 
 
 @pytest.fixture
@@ -447,6 +446,46 @@ def test_queue_lead_and_send_duration_are_configurable(clock: MutableClock) -> N
         assert report(client, order_id).json()["response"]["order"]["status"] == 114
 
 
+def test_each_order_draws_its_own_lead_within_the_jitter_and_the_truth_shows_it(
+    clock: MutableClock,
+) -> None:
+    """With a jitter the lead is a distribution: every order its own lead, each one honoured."""
+    with (
+        Sandbox(clock=clock, queue_lead=150, queue_lead_jitter=30, seed=7) as jittered,
+        new_client(jittered.url) as client,
+    ):
+        ids = [schedule(client) for _ in range(20)]
+        leads = {oid: jittered.truth()["orders"][oid]["queue_lead_seconds"] for oid in ids}
+        assert all(120 <= lead <= 180 for lead in leads.values())
+        assert len(set(leads.values())) == len(ids)
+        for oid, lead in leads.items():
+            clock.set(SEND_AT - timedelta(seconds=lead - 0.5))
+            assert report(client, oid).json()["response"]["order"]["status"] == 113
+            clock.set(SEND_AT - timedelta(seconds=lead + 0.5))
+            assert code_of(report(client, oid)) == 456
+
+
+def test_without_jitter_every_order_has_the_queue_lead(sandbox: Sandbox) -> None:
+    sandbox.add_order("1", SEND_AT)
+    sandbox.add_order("2", SEND_AT)
+    orders = sandbox.truth()["orders"]
+    assert orders["1"]["queue_lead_seconds"] == orders["2"]["queue_lead_seconds"] == 120.0
+
+
+def test_the_lead_draws_do_not_shift_the_seeded_faults(clock: MutableClock) -> None:
+    """Adding a jitter keeps a seeded fault run as it was: leads have a generator of their own."""
+    outcomes = []
+    for jitter in (0.0, 30.0):
+        faults = Faults(error_rate=0.5, endpoints=frozenset({"get-report"}))
+        with (
+            Sandbox(clock=clock, queue_lead_jitter=jitter, faults=faults, seed=3) as box,
+            new_client(box.url) as client,
+        ):
+            ids = [schedule(client) for _ in range(3)]
+            outcomes.append([code_of(report(client, oid)) for oid in ids * 4])
+    assert outcomes[0] == outcomes[1]
+
+
 def test_add_order_creates_an_order_send_sms_never_made(
     http: httpx.Client, sandbox: Sandbox
 ) -> None:
@@ -808,7 +847,7 @@ def test_the_new_faults_are_validated(kwargs: dict[str, Any]) -> None:
 def test_the_new_faults_travel_through_dicts_and_the_control_endpoint(
     http: httpx.Client, sandbox: Sandbox
 ) -> None:
-    fields = {
+    fields: dict[str, Any] = {
         "drip_rate": 0.1,
         "nested_rate": 0.2,
         "huge_rate": 0.3,
@@ -1078,6 +1117,9 @@ def test_add_arguments_parses_every_option() -> None:
     assert (args.seed, args.zone) == (9, ZoneInfo("UTC"))
     assert (args.drip_rate, args.nested_rate, args.huge_rate) == (0.05, 0.06, 0.07)
     assert (args.drip_interval, args.clock_offset) == (0.4, -30.0)
+    assert args.queue_lead_jitter == 0.0
+    jittered = parser.parse_args(["--queue-lead", "150", "--queue-lead-jitter", "30"])
+    assert (jittered.queue_lead, jittered.queue_lead_jitter) == (150.0, 30.0)
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,6 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return running
 
 
-@pytest.fixture
-def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
-    return make_client(sandbox)
-
-
 def test_after_an_accepted_cancel_the_report_says_pending_for_the_lag_then_not_sent(
     sandbox: Sandbox, client: IletiMerkeziClient, clock: FakeClock
 ) -> None:

@@ -27,13 +27,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sandbox(make_sandbox: Callable[..., Sandbox], clock: FakeClock) -> Sandbox:
-    return make_sandbox(clock=clock)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., IletiMerkeziClient], sandbox: Sandbox) -> IletiMerkeziClient:
-    return make_client(sandbox)
+def sandbox_options(clock: FakeClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 def control(sandbox: Sandbox, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from scheduler.cli.logs import LineFormatter, LogFilter, LogTail, parse_record, record_time
+from ledger import Event, OrderState
+from scheduler.cli.logs import (
+    LineFormatter,
+    LogFilter,
+    LogTail,
+    parse_record,
+    read_lines,
+    record_time,
+    rotated_logs,
+    with_registration,
+)
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 
@@ -136,3 +148,104 @@ def test_control_characters_in_any_field_are_escaped_and_keep_the_line_whole() -
     assert "evil\\x9b" in line
     assert "9\\x1b[2J" in line
     assert 'message="Üyelik\\nhatalı\\u202e"' in line
+
+
+def _registration(order_id: str, at: datetime) -> Event:
+    return Event(order_id, at, None, OrderState.SCHEDULED, "registered", {})
+
+
+def test_the_ledger_registration_goes_before_the_first_later_line() -> None:
+    lines = [
+        json.dumps(rec(timestamp="2026-11-28T09:00:00Z", event="orders_registered")),
+        json.dumps(rec(timestamp="2026-11-28T11:00:00Z", order_id="7", to_state="dispatched")),
+    ]
+
+    merged = list(
+        with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+    )
+
+    assert merged[0] == lines[0] and merged[2] == lines[1]
+    added = parse_record(merged[1])
+    assert added == {
+        "timestamp": "2026-11-28T10:00:00Z",
+        "level": "info",
+        "event": "order_state_changed",
+        "order_id": "7",
+        "from_state": None,
+        "to_state": "scheduled",
+        "reason": "registered",
+        "source": "ledger",
+    }
+    assert record_time(added) == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    assert LogFilter(order="7", event="order_state_changed").matches(added)
+
+
+def test_a_registration_the_log_already_has_is_not_added_twice() -> None:
+    lines = [json.dumps(rec(order_id="7", from_state=None, to_state="scheduled"))]
+
+    registration = _registration("7", datetime(2026, 11, 28, tzinfo=UTC))
+    assert list(with_registration(lines, registration)) == lines
+
+
+def test_a_registration_later_than_every_line_goes_last() -> None:
+    lines = ["not json", json.dumps(rec(timestamp="2026-11-28T09:00:00Z"))]
+
+    merged = list(
+        with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+    )
+
+    assert merged[:2] == lines
+    assert parse_record(merged[2])["order_id"] == "7"  # type: ignore[index]
+
+
+def test_rotated_logs_are_found_oldest_first_compressed_or_not(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    for name in ("log.jsonl.1", "log.jsonl.2.gz", "log.jsonl.10.gz", "log.jsonl.bak", "other.1"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in rotated_logs(log)] == [
+        "log.jsonl.10.gz",
+        "log.jsonl.2.gz",
+        "log.jsonl.1",
+    ]
+    assert rotated_logs(tmp_path / "missing" / "log.jsonl") == []
+
+
+def test_a_compressed_rotated_log_is_read_line_by_line(tmp_path: Path) -> None:
+    packed = tmp_path / "log.jsonl.2.gz"
+    with gzip.open(packed, "wb") as file:
+        file.write(b"one\ntwo\nthree")
+    assert list(read_lines(packed)) == ["one", "two", "three"]
+
+
+def test_lines_are_read_chunk_by_chunk_as_the_caller_takes_them(tmp_path: Path) -> None:
+    """The first line is handed over before the rest of a big file is read."""
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"first\n" + b"x" * 100 + b"\n" * 200_000)
+    tail = LogTail(path)
+    lines = tail.lines()
+    assert next(lines) == "first"
+    assert tail._file is not None and tail._file.tell() < 200_000
+    tail.close()
+
+
+def test_the_log_s_own_registration_a_little_after_the_ledger_s_time_is_not_doubled() -> None:
+    """The log line is written just after the commit, so its time is a little later."""
+    own = json.dumps(
+        rec(timestamp="2026-11-28T10:00:02Z", order_id="7", from_state=None, to_state="scheduled")
+    )
+    lines = [json.dumps(rec(timestamp="2026-11-28T10:00:01Z", event="other")), own]
+
+    merged = with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+
+    assert list(merged) == lines
+
+
+def test_lines_stream_through_once_past_the_registration_lookahead() -> None:
+    """Only the lines of the minute after the registration are held back."""
+    later = [json.dumps(rec(timestamp=f"2026-11-28T1{h}:00:00Z")) for h in range(1, 4)]
+    merged = with_registration(
+        iter(later), _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC))
+    )
+
+    assert parse_record(next(merged))["source"] == "ledger"  # type: ignore[index]
+    assert next(merged) == later[0], "given before the rest was read"

@@ -259,7 +259,7 @@ def test_check_without_credentials_is_exit_2_after_checking_the_rest(
     assert main(["check"]) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [
-        f"config    ok    {work / 'smsledger.toml'}",
+        f"config    ok    {work / 'smsledger.toml'} (from the first found of the search path)",
         f"ledger    ok    sqlite:///{work / 'ledger.db'}",
         "daemons   WARN  no daemon is running: this cancel will not be sent (none seen)",
         "provider  FAIL  no API credentials: set api.key and api.hash in smsledger.toml or "

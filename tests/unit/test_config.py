@@ -7,12 +7,20 @@ from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import structlog
 
 from ledger import Config, ConfigError, Ledger, LedgerError, load_config
-from ledger.config import ApiConfig, LedgerConfig, LogConfig, SchedulerConfig, WindowsConfig
+from ledger.config import (
+    ApiConfig,
+    LedgerConfig,
+    LogConfig,
+    ObserveConfig,
+    SchedulerConfig,
+    WindowsConfig,
+)
 
 KEY = "cfg-test-api-key-0123456789"
 HASH = "cfg-test-api-hash-9876543210abcdef"
@@ -44,11 +52,19 @@ max_concurrent_cancels = 4
 [log]
 path = "/var/log/smsledger/ledger.jsonl"
 level = "debug"
+
+[observe]
+probe_orders_per_day = 6
+max_probes_per_order = 9
 """
 
 
+class WriteConfig(Protocol):
+    def __call__(self, text: str, name: str = ...) -> Path: ...
+
+
 @pytest.fixture
-def write_config(tmp_path: Path) -> Callable[[str], Path]:
+def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a config file into tmp_path and return its path."""
 
     def write(text: str, name: str = "smsledger.toml") -> Path:
@@ -75,7 +91,7 @@ def test_without_a_file_every_setting_has_its_default() -> None:
     assert config.log == LogConfig("smsledger.log.jsonl", "info")
 
 
-def test_an_empty_file_gives_the_defaults(write_config: Callable[[str], Path]) -> None:
+def test_an_empty_file_gives_the_defaults(write_config: WriteConfig) -> None:
     path = write_config("")
 
     config = load_config(path, environ={})
@@ -85,7 +101,7 @@ def test_an_empty_file_gives_the_defaults(write_config: Callable[[str], Path]) -
     assert config.api == ApiConfig()
 
 
-def test_every_key_of_the_documented_example_is_read(write_config: Callable[[str], Path]) -> None:
+def test_every_key_of_the_documented_example_is_read(write_config: WriteConfig) -> None:
     config = load_config(write_config(EVERY_KEY), environ={})
 
     assert config.timezone == "Europe/Berlin"
@@ -96,10 +112,30 @@ def test_every_key_of_the_documented_example_is_read(write_config: Callable[[str
     assert config.api == ApiConfig("https://sandbox.example.test", KEY, HASH, 4.0)
     assert config.scheduler == SchedulerConfig(0.5, 4, 7.5, 30.0)
     assert config.log == LogConfig("/var/log/smsledger/ledger.jsonl", "debug")
+    assert config.observe == ObserveConfig(6, 9)
+
+
+def test_probing_is_on_by_default_and_can_be_turned_off(
+    write_config: Callable[[str], Path],
+) -> None:
+    assert load_config(None, environ={}).observe == ObserveConfig(24, 12)
+    off = load_config(write_config("[observe]\nprobe_orders_per_day = 0\n"), environ={})
+    assert off.observe.probe_orders_per_day == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["probe_orders_per_day = -1", "max_probes_per_order = 0", "max_probes_per_order = 1.5"],
+)
+def test_bad_probe_settings_are_refused_naming_the_key(
+    write_config: Callable[[str], Path], text: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"observe\.{text.split()[0]}"):
+        load_config(write_config(f"[observe]\n{text}\n"), environ={})
 
 
 def test_whole_numbers_are_accepted_for_seconds_and_read_as_floats(
-    write_config: Callable[[str], Path],
+    write_config: WriteConfig,
 ) -> None:
     config = load_config(write_config("[windows]\nwarn_before_seconds = 600\n"), environ={})
 
@@ -119,7 +155,7 @@ def test_whole_numbers_are_accepted_for_seconds_and_read_as_floats(
     ids=["top-level", "section", "windows-key", "api-key", "source-is-not-a-setting"],
 )
 def test_an_unknown_key_is_an_error_naming_it(
-    write_config: Callable[[str], Path], text: str, message: str
+    write_config: WriteConfig, text: str, message: str
 ) -> None:
     path = write_config(text)
 
@@ -161,7 +197,7 @@ def test_an_unknown_key_is_an_error_naming_it(
     ],
 )
 def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(
-    write_config: Callable[[str], Path], text: str, message: str
+    write_config: WriteConfig, text: str, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(text), environ={})
@@ -226,7 +262,7 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(
     ],
 )
 def test_an_out_of_range_value_is_an_error_naming_the_key(
-    write_config: Callable[[str], Path], text: str, message: str
+    write_config: WriteConfig, text: str, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(text), environ={})
@@ -257,7 +293,7 @@ def test_the_numeric_keys_are_found() -> None:
 @pytest.mark.parametrize("number", ["nan", "inf", "+inf", "-inf", "-nan"])
 @pytest.mark.parametrize(("section", "key"), NUMERIC_KEYS)
 def test_nan_and_infinity_are_refused_for_every_numeric_key_naming_it(
-    write_config: Callable[[str], Path], section: str, key: str, number: str
+    write_config: WriteConfig, section: str, key: str, number: str
 ) -> None:
     path = write_config(f"[{section}]\n{key} = {number}\n")
 
@@ -270,15 +306,13 @@ def test_nan_and_infinity_are_refused_for_every_numeric_key_naming_it(
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../../etc/passwd"])
-def test_an_unknown_timezone_is_an_error_naming_it(
-    write_config: Callable[[str], Path], zone: str
-) -> None:
+def test_an_unknown_timezone_is_an_error_naming_it(write_config: WriteConfig, zone: str) -> None:
     with pytest.raises(ConfigError, match=f"timezone.*: unknown time zone '{zone}'"):
         load_config(write_config(f'timezone = "{zone}"'), environ={})
 
 
 def test_a_file_that_is_not_toml_is_an_error_naming_the_file(
-    write_config: Callable[[str], Path],
+    write_config: WriteConfig,
 ) -> None:
     path = write_config("[windows\nwarn_before_seconds = 900")
 
@@ -303,7 +337,7 @@ def test_a_config_error_is_a_ledger_error() -> None:
 
 
 def test_the_environment_overrides_the_files_credentials(
-    write_config: Callable[[str], Path],
+    write_config: WriteConfig,
 ) -> None:
     path = write_config(EVERY_KEY)
 
@@ -326,7 +360,7 @@ def test_credentials_can_come_from_the_environment_alone(monkeypatch: pytest.Mon
     assert config.api.has_credentials
 
 
-def test_the_config_repr_never_shows_the_key_or_hash(write_config: Callable[[str], Path]) -> None:
+def test_the_config_repr_never_shows_the_key_or_hash(write_config: WriteConfig) -> None:
     config = load_config(write_config(EVERY_KEY), environ={})
 
     for text in (repr(config), str(config), repr(config.api)):
@@ -344,7 +378,7 @@ def test_the_config_repr_never_shows_the_key_or_hash(write_config: Callable[[str
     ids=["from-file", "from-environment"],
 )
 def test_the_redacted_config_shows_credentials_only_as_set(
-    write_config: Callable[[str], Path], environ: dict[str, str], shown: dict[str, str]
+    write_config: WriteConfig, environ: dict[str, str], shown: dict[str, str]
 ) -> None:
     redacted = load_config(write_config(EVERY_KEY), environ=environ).redacted()
 
@@ -362,6 +396,7 @@ def test_the_redacted_config_shows_missing_credentials_as_missing() -> None:
     assert (redacted["api"]["key"], redacted["api"]["hash"]) == ("<missing>", "<missing>")
     assert set(redacted) == {
         "timezone", "source", "ledger", "windows", "api", "scheduler", "log", "alerts", "metrics",
+        "observe",
         "reconcile",
     }  # fmt: skip
 
@@ -441,7 +476,7 @@ def test_bad_reconcile_values_are_refused_naming_the_key(
 
 
 def test_the_redacted_config_and_its_repr_hide_a_database_password_in_the_ledger_url(
-    write_config: Callable[[str], Path],
+    write_config: WriteConfig,
 ) -> None:
     config = load_config(
         write_config('[ledger]\nurl = "postgresql://smsledger:db-pass-4711@db.internal/ledger"'),
@@ -456,7 +491,7 @@ def test_the_redacted_config_and_its_repr_hide_a_database_password_in_the_ledger
 
 
 def test_relative_ledger_and_log_paths_are_read_relative_to_the_config_files_folder_not_the_cwd(
-    tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_config(
         '[ledger]\nurl = "sqlite:///data/ledger.db"\n[log]\npath = "logs/ledger.jsonl"\n',
@@ -483,7 +518,7 @@ def test_relative_ledger_and_log_paths_are_read_relative_to_the_config_files_fol
     ids=["absolute", "memory-and-stderr", "not-a-file"],
 )
 def test_absolute_paths_memory_databases_stderr_and_server_urls_are_kept_as_written(
-    write_config: Callable[[str], Path], url: str, log_path: str
+    write_config: WriteConfig, url: str, log_path: str
 ) -> None:
     config = load_config(
         write_config(f'[ledger]\nurl = "{url}"\n[log]\npath = "{log_path}"\n'), environ={}
@@ -493,7 +528,7 @@ def test_absolute_paths_memory_databases_stderr_and_server_urls_are_kept_as_writ
 
 
 def test_ledger_from_config_opens_the_ledger_next_to_the_config_file_with_its_margins(
-    tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_config(
         '[ledger]\nurl = "sqlite:///ledger.db"\nsynchronous = "NORMAL"\n'
@@ -518,14 +553,14 @@ def test_ledger_from_config_opens_the_ledger_next_to_the_config_file_with_its_ma
 
 
 def test_ledger_from_config_logs_state_changes_to_the_configured_file(
-    write_config: Callable[[str], Path],
+    write_config: WriteConfig,
 ) -> None:
     path = write_config(
         '[ledger]\nurl = "sqlite:///ledger.db"\n[log]\npath = "ledger.jsonl"\n'
         f'[api]\nkey = "{KEY}"\nhash = "{HASH}"\n'
     )
 
-    with Ledger.from_config(path) as ledger:
+    with Ledger.from_config(path, setup_logging=True) as ledger:
         ledger.register("o1", send_at=ledger.now() + timedelta(hours=1))
     structlog.get_logger("test").info("echo", detail=f"key={KEY} hash={HASH}")
 

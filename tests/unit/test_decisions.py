@@ -75,11 +75,12 @@ def test_precheck_of_an_order_not_sent_says_so_in_the_reason() -> None:
 
 # -- after_verify ----------------------------------------------------------------------------
 
-_CANCELLED = (Next.FINISH, OrderState.CANCELLED)
+_Expected = tuple[Next, OrderState | None]
+_CANCELLED: _Expected = (Next.FINISH, OrderState.CANCELLED)
 _TOO_LATE = (Next.FINISH, OrderState.TOO_LATE)
 _SEND = (Next.SEND_CANCEL, None)
 _ATTENTION = (Next.FINISH, OrderState.NEEDS_ATTENTION)
-VERIFY = {
+VERIFY: dict[ReportStatus, dict[Window, _Expected]] = {
     ReportStatus.NOT_SENT: dict.fromkeys(Window, _CANCELLED),
     ReportStatus.NOT_FOUND: dict.fromkeys(Window, _CANCELLED),
     ReportStatus.SENDING: dict.fromkeys(Window, _TOO_LATE),

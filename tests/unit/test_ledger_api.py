@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -746,7 +747,7 @@ def test_must_exist_refuses_an_empty_file_and_a_database_without_ledger_tables(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "empty.db").touch()
-    with sqlite3.connect(tmp_path / "other.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as db, db:
         db.execute("CREATE TABLE unrelated (x)")
 
     with pytest.raises(NoLedger, match="the file is empty"):
@@ -755,7 +756,7 @@ def test_must_exist_refuses_an_empty_file_and_a_database_without_ledger_tables(
         Ledger(f"sqlite:///{tmp_path / 'other.db'}", must_exist=True)
 
     assert (tmp_path / "empty.db").stat().st_size == 0
-    with sqlite3.connect(tmp_path / "other.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     assert tables == ["unrelated"]
 

@@ -114,7 +114,8 @@ def test_the_only_way_into_the_ledger_is_registration_as_scheduled() -> None:
 
 
 def test_order_states_are_strings_stored_by_their_value() -> None:
-    assert S.CANCEL_REQUESTED == "cancel_requested"
+    as_text: str = S.CANCEL_REQUESTED  # a str enum: compares equal to its stored value
+    assert as_text == "cancel_requested"
     assert {s.value for s in S} == {
         "scheduled",
         "cancel_requested",

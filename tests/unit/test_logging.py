@@ -169,21 +169,41 @@ def test_each_order_moved_by_a_due_batch_gets_its_own_state_change_line(
     ]
 
 
-def test_each_order_registered_in_a_batch_gets_its_own_state_change_line(
+def test_a_batch_registration_logs_one_summary_line_and_keeps_every_event_in_history(
     tmp_ledger: Ledger, order_factory: Callable[..., Order]
 ) -> None:
     known = order_factory(order_id="known")
+    later = known.send_at + timedelta(hours=1)
 
     with capture_logs() as logs:
         tmp_ledger.register_many(
-            [("known", known.send_at), ("a", known.send_at), ("b", known.send_at)]
+            [("known", known.send_at), ("a", later), ("b", known.send_at)], label="spring"
         )
 
-    changes = [e for e in logs if e["event"] == "order_state_changed"]
-    assert [(e["order_id"], e["from_state"], e["to_state"], e["reason"]) for e in changes] == [
-        ("a", None, "scheduled", "registered"),
-        ("b", None, "scheduled", "registered"),
-    ]
+    assert [e for e in logs if e["event"] == "order_state_changed"] == []
+    (summary,) = [e for e in logs if e["event"] == "orders_registered"]
+    assert summary["count"] == 2
+    assert summary["already_known"] == 1
+    assert summary["label"] == "spring"
+    assert summary["first_send_at"] == known.send_at.astimezone(UTC).isoformat()
+    assert summary["last_send_at"] == later.astimezone(UTC).isoformat()
+    for order_id in ("a", "b"):
+        assert [(e.from_state, e.to_state, e.reason) for e in tmp_ledger.history(order_id)] == [
+            (None, S.SCHEDULED, "registered")
+        ]
+
+
+def test_a_batch_of_several_labels_names_them_all_in_its_summary_line(
+    tmp_ledger: Ledger,
+) -> None:
+    send_at = tmp_ledger.now() + timedelta(days=1)
+
+    with capture_logs() as logs:
+        tmp_ledger.register_many([("a", send_at, "x"), ("b", send_at, None), ("c", send_at)])
+
+    (summary,) = [e for e in logs if e["event"] == "orders_registered"]
+    assert summary["label"] is None
+    assert summary["labels"] == [None, "x"]
 
 
 def test_calls_that_change_nothing_log_no_state_change(

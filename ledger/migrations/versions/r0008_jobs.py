@@ -2,7 +2,7 @@
 daemons on one ledger only one runs it per period.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-12
 
 A new table, nothing else touched. Rows are made on first use by the daemons, so the upgrade
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -15,6 +15,10 @@ An order's life, by the sandbox's clock::
     completed   afterwards                           200 / 114     455
     cancelled   after an accepted cancel             200 / 115     455
 
+``queue_lead`` is one figure, or with ``queue_lead_jitter`` a distribution: each order draws its
+own lead uniformly within ``queue_lead +- queue_lead_jitter`` (never below 0), from a generator of
+its own seeded by ``seed``; the truth shows every order's ``queue_lead_seconds``.
+
 Faults apply to provider endpoints only. For each request, in this order: a pending
 ``fail_next`` / ``drop_next`` / ``garbage_next`` / ``drip_next`` / ``nested_next`` /
 ``huge_next`` count for its endpoint wins; otherwise, when the endpoint is in ``Faults.endpoints``

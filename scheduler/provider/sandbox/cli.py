@@ -85,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long before its send time an order enters the carrier queue (no more cancel)",
     )
     parser.add_argument(
+        "--queue-lead-jitter",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="each order draws its own lead uniformly within --queue-lead +- this (default 0)",
+    )
+    parser.add_argument(
         "--send-duration",
         type=_seconds,
         default=DEFAULT_SEND_DURATION,
@@ -194,6 +201,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         key=args.key,
         hash=args.hash,
         queue_lead=args.queue_lead,
+        queue_lead_jitter=args.queue_lead_jitter,
         send_duration=args.send_duration,
         zone=args.zone,
         faults=faults,

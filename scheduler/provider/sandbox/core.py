@@ -16,8 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-import structlog
-
+from scheduler.provider._log import get_logger
 from scheduler.provider.sandbox.faults import _FAULT_FIELDS, Faults, _check_number, _Fault
 from scheduler.provider.sandbox.replies import (
     DROP,
@@ -58,7 +57,7 @@ __all__ = [
     "Sandbox",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger("smsledger.sandbox")
 
 DEFAULT_KEY: Final = "sandbox-key"
 DEFAULT_HASH: Final = "sandbox-hash"
@@ -110,6 +109,8 @@ class _Order:
     numbers: list[str]
     submit_at: datetime
     send_at: datetime
+    #: How long before `send_at` this order enters the carrier queue (its own draw).
+    queue_lead: timedelta
     cancelled_at: datetime | None = None
     cancel_calls: int = 0
     cancels_accepted: int = 0
@@ -203,6 +204,7 @@ class Sandbox:
         key: str = DEFAULT_KEY,
         hash: str = DEFAULT_HASH,
         queue_lead: float = DEFAULT_QUEUE_LEAD,
+        queue_lead_jitter: float = 0.0,
         send_duration: float = DEFAULT_SEND_DURATION,
         zone: ZoneInfo = PROVIDER_ZONE,
         faults: Faults | None = None,
@@ -211,6 +213,7 @@ class Sandbox:
         pending_listing_status: int = DEFAULT_PENDING_LISTING_STATUS,
     ) -> None:
         _check_number("queue_lead", queue_lead, upper=math.inf)
+        _check_number("queue_lead_jitter", queue_lead_jitter, upper=math.inf)
         _check_listing_status(pending_listing_status)
         self._pending_listing_status = pending_listing_status
         _check_number("send_duration", send_duration, upper=math.inf)
@@ -218,7 +221,10 @@ class Sandbox:
         self._port = port
         self._key = key
         self._hash = hash
-        self._queue_lead = timedelta(seconds=queue_lead)
+        self._queue_lead = queue_lead
+        self._queue_lead_jitter = queue_lead_jitter
+        # Leads have their own generator, so they never shift the faults' seeded sequence.
+        self._lead_random = random.Random(seed)
         self._send_duration = timedelta(seconds=send_duration)
         self._zone = zone
         self._clock = clock
@@ -331,6 +337,7 @@ class Sandbox:
                 numbers=["+905000000000"],
                 submit_at=self._now(),
                 send_at=send_at.astimezone(UTC),
+                queue_lead=self._draw_lead(),
             )
 
     def add_panel_order(
@@ -371,6 +378,7 @@ class Sandbox:
                 numbers=[f"+90500{n:07d}" for n in range(recipients)],
                 submit_at=created_at.astimezone(UTC),
                 send_at=send_at.astimezone(UTC),
+                queue_lead=self._draw_lead(),
             )
             return order_id
 
@@ -415,6 +423,7 @@ class Sandbox:
 
         {"now": ISO UTC,
          "orders": {order_id: {"order_id", "state", "send_at" (ISO UTC), "submit_at",
+                               "queue_lead_seconds" (this order's true lead),
                                "cancelled_at" (ISO UTC or None), "cancel_calls",
                                "cancels_accepted", "report_calls"}},
          "totals": {endpoint: {"requests", "injected_errors", "dropped", "garbled",
@@ -454,6 +463,7 @@ class Sandbox:
             "state": self._state(order, now),
             "send_at": order.send_at.isoformat(),
             "submit_at": order.submit_at.isoformat(),
+            "queue_lead_seconds": order.queue_lead.total_seconds(),
             "cancelled_at": None if order.cancelled_at is None else order.cancelled_at.isoformat(),
             "cancel_calls": order.cancel_calls,
             "cancels_accepted": order.cancels_accepted,
@@ -581,10 +591,18 @@ class Sandbox:
         offset = self._faults.clock_offset
         return now.astimezone(UTC) + timedelta(seconds=offset)
 
+    def _draw_lead(self) -> timedelta:
+        """A new order's queue lead: uniform within +- the jitter (never below 0). Hold the lock."""
+        if not self._queue_lead_jitter:
+            return timedelta(seconds=self._queue_lead)
+        jitter = self._queue_lead_jitter
+        drawn = self._queue_lead + self._lead_random.uniform(-jitter, jitter)
+        return timedelta(seconds=max(0.0, drawn))
+
     def _state(self, order: _Order, now: datetime) -> _State:
         if order.cancelled_at is not None:
             return "cancelled"
-        if now < order.send_at - self._queue_lead:
+        if now < order.send_at - order.queue_lead:
             return "pending"
         if now < order.send_at + self._send_duration:
             return "sending"
@@ -607,7 +625,12 @@ class Sandbox:
         _require(str(iys) == "0" or order.get("iysList") in _IYS_LISTS, 469)
         order_id = self._new_order_id()
         self._orders[order_id] = _Order(
-            order_id=order_id, sender=sender, numbers=numbers, submit_at=now, send_at=send_at
+            order_id=order_id,
+            sender=sender,
+            numbers=numbers,
+            submit_at=now,
+            send_at=send_at,
+            queue_lead=self._draw_lead(),
         )
         return {"order": {"id": order_id}}
 

@@ -17,8 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import structlog
-
+from scheduler.provider._log import get_logger
 from scheduler.provider.sandbox.replies import (
     HUGE_CHUNK,
     HUGE_MAX_BYTES,
@@ -30,7 +29,7 @@ from scheduler.provider.sandbox.replies import (
 
 __all__ = ["Served", "Server"]
 
-log = structlog.get_logger(__name__)
+log = get_logger("smsledger.sandbox")
 
 _IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle before the sandbox closes it
 _MAX_BODY = 4 * 1024 * 1024
