@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -252,7 +252,10 @@ class Database:
         """The SQLite database file (absolute), None for an in-memory or server database."""
         if self.dialect != "sqlite":
             return None
-        database = self.engine.url.database
+        url = self.engine.url
+        database = url.database
+        if database and database.startswith("file:") and url.query.get("mode") == "rw":
+            return Path(unquote(database.removeprefix("file:"))).absolute()  # must_exist's URI
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
         return Path(database).absolute()

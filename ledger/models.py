@@ -27,6 +27,7 @@ __all__ = [
     "DAEMONS_TABLE",
     "DELIVERY_COLUMNS",
     "EVENTS_TABLE",
+    "JOBS_TABLE",
     "LEAD_OBSERVATIONS_TABLE",
     "METADATA",
     "ORDERS_TABLE",
@@ -35,6 +36,7 @@ __all__ = [
     "Delivery",
     "Event",
     "EventRow",
+    "JobRow",
     "LeadObservationRow",
     "Order",
     "OrderRow",
@@ -47,6 +49,7 @@ EVENTS_TABLE = "smsledger_order_events"
 ALERTS_TABLE = "smsledger_alerts"
 DAEMONS_TABLE = "smsledger_daemons"
 LEAD_OBSERVATIONS_TABLE = "smsledger_lead_observations"
+JOBS_TABLE = "smsledger_jobs"
 #: The orders' delivery counters, as the provider names them.
 DELIVERY_COLUMNS = ("total", "delivered", "undelivered", "waiting")
 
@@ -229,6 +232,18 @@ class LeadObservationRow(_LedgerModel, table=True):
     probe_step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     #: How long the provider call took (wall time), for the suggested margin's call allowance.
     duration_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+
+
+class JobRow(_LedgerModel, table=True):
+    """One periodic job shared by every daemon on the ledger (e.g. reconcile): who runs it now
+    and when it last started, so only one daemon runs it per period (see `ledger.jobs`)."""
+
+    __tablename__ = JOBS_TABLE
+
+    name: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    last_run_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    claim_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    claim_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ A pass, in order:
    threads, up to `max_concurrent_cancels` at once. A worker that finishes claims the next order
    itself, so throughput does not wait for the next pass.
 7. probe (`scheduler.probing`): with no cancel waiting, read a few `scheduled` orders near
-   dispatch on a thread of its own, to learn the provider's queue lead.
+   dispatch on a thread of its own, to learn the provider's queue lead;
+8. the provider's truth (`scheduler.followup`, with `[reconcile]`): the dispatch follow-up, the
+   needs_attention re-check and, one daemon per period, reconcile, on a thread of their own, so
+   they never hold a pass or a cancel. None of them sends a cancel.
 
 Claims are timed by the lease clock (`Store.lease_now`: the database's on PostgreSQL), so daemons
 on hosts whose clocks disagree never take each other's live claims; business time (margins, send
@@ -45,7 +48,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ledger import Config, ConfigError, Ledger, LedgerError, Order, OrderState, heartbeats, utcnow
 from ledger._log import get_logger
-from ledger.config import AlertsConfig, SchedulerConfig
+from ledger.config import AlertsConfig, ReconcileConfig, SchedulerConfig
 from ledger.logsetup import configure_logging, reopen_log_files
 from ledger.margins import MARGIN_CLOSED, SEND_TIME_PASSED_UNSENT, Margins
 from ledger.outbox import RATE_LIMIT, AlertPolicy, raise_alert
@@ -58,6 +61,7 @@ from scheduler.claims import (
     note_live_owner,
     owner_is_gone,
 )
+from scheduler.followup import ProviderTruth
 from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
 from scheduler.skew import SkewEstimator
@@ -145,6 +149,7 @@ class Daemon:
         alert_transport: Any = None,
         probe_orders_per_day: int = 0,
         max_probes_per_order: int = DEFAULT_MAX_PROBES_PER_ORDER,
+        reconcile: ReconcileConfig | None = None,
     ) -> None:
         """`lease` defaults to `lease_for` the client's call deadline; `clock` (business time)
         to the ledger's; `lease_clock` (claims) to the database's (`Store.lease_now`).
@@ -153,6 +158,8 @@ class Daemon:
         of their own while `serve` runs; `max_clock_skew_seconds` is where `clock_skew` starts.
         Probing is off unless `probe_orders_per_day` is set (`smsledger run` sets it from
         `[observe]`); the answers of the cancel sequence are kept either way.
+        `reconcile` turns on the provider's truth read back after each pass (`scheduler.followup`:
+        dispatch follow-up, needs_attention re-check, periodic reconcile); None leaves it off.
         """
         if lease is None:
             lease = lease_for(client.call_deadline)
@@ -217,6 +224,20 @@ class Daemon:
             clock=self._clock,
             stopping=self._stopping,
         )
+        self.truth = (
+            None
+            if reconcile is None
+            else ProviderTruth(
+                ledger,
+                client,
+                reconcile,
+                owner=self.owner,
+                lease=lease,
+                clock=self._clock,
+                lease_clock=self._lease_clock,
+                stopping=self._stopping,
+            )
+        )
         self.sequence = CancelSequence(
             ledger,
             client,
@@ -244,6 +265,8 @@ class Daemon:
         try:
             report = self._pass()
             self.wait_idle()
+            if self.truth is not None:
+                self.truth.join()
             report.finished = self._take_finished()
         finally:
             with self._lock:
@@ -264,7 +287,10 @@ class Daemon:
             self._collecting += 1
         try:
             report = self._pass()
-            if not self.wait_idle(max(0.0, stop_at - time.monotonic())):
+            idle = self.wait_idle(max(0.0, stop_at - time.monotonic()))
+            if self.truth is not None:
+                idle = self.truth.join(max(0.0, stop_at - time.monotonic())) and idle
+            if not idle:
                 drained = self.stop(grace=max(0.0, deadline - time.monotonic()))
                 log.warning(
                     "pass_once_deadline",
@@ -315,6 +341,8 @@ class Daemon:
         )
         report.started = self._start_workers(now)
         self.prober.start(now, self._cancels_waiting)
+        if self.truth is not None:  # after the cancel work started, on a thread of its own
+            self.truth.kick()
         counts = report.counts()
         if any(counts[k] for k in ("swept", "recovered", "refused", "warned", "dispatched")):
             log.info("pass_done", **counts)
@@ -635,7 +663,10 @@ class Daemon:
             self._inflight.difference_update(o.order_id for o in unstarted)
         for order in unstarted:  # claimed in a batch but never worked: free them now
             self._store.release(order.order_id, self.owner)
+        ends = time.monotonic() + grace
         drained = self.wait_idle(grace)
+        if self.truth is not None:  # it stops at its next provider call
+            self.truth.join(max(0.0, ends - time.monotonic()))
         if drained:
             # Nothing of ours is in flight: other daemons of this process may take our claims.
             forget_live_owner(self.owner)
@@ -741,7 +772,10 @@ def run_daemon(
     """
     config.require_credentials()
     configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-    ledger = Ledger.from_config(config, setup_logging=False)
+    # Create (or migrate) the ledger, then work on it opened without create: a connection that a
+    # thread opens after the SQLite file was removed must fail, not make an empty file there.
+    Ledger.from_config(config, setup_logging=False).close()
+    ledger = Ledger.from_config(config, setup_logging=False, must_exist=True)
     client = IletiMerkeziClient.from_config(
         config.api, max_connections=pool_size(config.scheduler.max_concurrent_cancels)
     )
@@ -756,6 +790,7 @@ def run_daemon(
         max_clock_skew_seconds=config.scheduler.max_clock_skew_seconds,
         probe_orders_per_day=config.observe.probe_orders_per_day,
         max_probes_per_order=config.observe.max_probes_per_order,
+        reconcile=config.reconcile,
     )
     log.info("daemon_started", owner=daemon.owner, once=once, config=config.redacted())
     server = None

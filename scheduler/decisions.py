@@ -12,11 +12,15 @@ from enum import StrEnum
 from ledger.margins import MARGIN_CLOSED, Window, retry_fits
 from ledger.states import OrderState
 from scheduler.provider.client import Report, ReportStatus
+from scheduler.reconciling import cancelled_outside_reason
 
 __all__ = [
     "Decision",
     "Next",
+    "Reading",
+    "after_follow_up",
     "after_precheck",
+    "after_recheck",
     "after_verify",
     "backoff_delay",
     "margin_closed",
@@ -168,3 +172,64 @@ def settle_pause(
     `remaining` seconds of the settle period, so the decision to re-send is not delayed.
     """
     return max(0.0, min(backoff_delay(reads, cap=cap, rng=rng), remaining))
+
+
+# -- the provider's word read later (the daemon's follow-up and re-check; never a cancel) --------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a later get-report means for an order already final for the cancel work.
+
+    `state` is where it moves (None: it stays, the answer is only recorded); `again` says whether
+    it is read again on a later pass (the provider has not said its last word).
+    """
+
+    state: OrderState | None
+    reason: str = ""
+    again: bool = False
+
+
+def after_follow_up(report: Report) -> Reading:
+    """Decide from the get-report of a `dispatched` order, read after its send time.
+
+    114: the counters are recorded, nothing more to learn. 113 (or a 456 past the send time):
+    recorded, read again later. 115: it never went out, cancelled outside smsledger. 455: the
+    provider does not know the order.
+    """
+    match report.status:
+        case ReportStatus.COMPLETED:
+            return Reading(None)
+        case ReportStatus.SENDING | ReportStatus.PENDING:
+            return Reading(None, again=True)
+        case ReportStatus.NOT_SENT:
+            return Reading(OrderState.CANCELLED, cancelled_outside_reason(report.code))
+        case ReportStatus.NOT_FOUND:
+            return Reading(
+                OrderState.NOT_FOUND, "provider does not know the order (455) after its send time"
+            )
+
+
+def after_recheck(report: Report, *, cancel_sent: bool) -> Reading:
+    """Decide from a later get-report of a `needs_attention` order.
+
+    115 proves nothing went out; 455 proves it too, but only when a cancel of ours was sent (else
+    the provider may simply never have known it: a person decides). 113/114: it went out. 456: it
+    stays for a person, and is read again later.
+    """
+    match report.status:
+        case ReportStatus.NOT_SENT:
+            return Reading(OrderState.CANCELLED, "verified later: provider reports 115")
+        case ReportStatus.NOT_FOUND if cancel_sent:
+            return Reading(
+                OrderState.CANCELLED,
+                "verified later: provider no longer lists the order (455) after our cancel",
+            )
+        case ReportStatus.SENDING | ReportStatus.COMPLETED:
+            what = "sending" if report.status is ReportStatus.SENDING else "sent"
+            return Reading(
+                OrderState.TOO_LATE,
+                f"verified later: provider reports the order {what} ({report.code})",
+            )
+        case ReportStatus.NOT_FOUND | ReportStatus.PENDING:
+            return Reading(None, again=True)

@@ -552,6 +552,24 @@ def test_revision_0007_adds_the_label_index_and_goes_down_and_up_again(
     assert versions(store) == [HEAD]
 
 
+def test_revision_0008_adds_the_jobs_table_and_goes_down_without_it(
+    ledger_url: str, store: Store
+) -> None:
+    migrate(ledger_url)
+    with store.read() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("smsledger_jobs")}
+    assert columns == {"name", "last_run_at", "claim_owner", "claim_expires_at"}
+
+    with store.schema_lock() as conn:
+        command.downgrade(alembic_config(connection=conn), "0007")
+    with store.read() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    migrate(ledger_url)
+
+    assert "smsledger_jobs" not in tables
+    assert versions(store) == [HEAD]
+
+
 # -- several processes at once -----------------------------------------------------------------
 
 _OPEN_ON_GO = """
