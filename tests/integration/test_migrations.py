@@ -573,8 +573,10 @@ def test_revision_0008_adds_the_jobs_table_and_goes_down_without_it(
 # -- several processes at once -----------------------------------------------------------------
 
 _OPEN_ON_GO = """
-import sys
+import logging, sys
 from ledger import Ledger
+# The library is quiet by default; an application's logging receives its events.
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 print("ready", flush=True)
 sys.stdin.readline()
 Ledger(sys.argv[1]).close()
