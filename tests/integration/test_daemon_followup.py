@@ -123,7 +123,7 @@ def needs_attention(ledger: Ledger, order_id: str, clock: FakeClock) -> Order:
         now=now,
         reason="cancel may have been sent but could not be verified: test",
     )
-    assert result.applied
+    assert result.applied and result.order is not None
     return result.order
 
 
