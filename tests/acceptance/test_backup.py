@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,6 @@ ORDERS = 120
 @pytest.fixture
 def sandbox_options() -> dict[str, Any]:
     return {"key": "k-backup", "hash": "h-backup"}
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def smsledger(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:

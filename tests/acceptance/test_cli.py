@@ -18,13 +18,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONFIG, SMSLEDGER, clean_env, needs_smsledger
+from helpers import CONFIG, SMSLEDGER, CommandResult, clean_env, needs_smsledger, run_command
 
 from ledger import Ledger, OrderState
 from ledger.heartbeats import NO_DAEMON
@@ -36,32 +35,12 @@ pytestmark = needs_smsledger
 NO_DAEMON_WARNING = f"warning: {NO_DAEMON}"
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.splitlines()
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+#: One run of the real command (tests/helpers.py).
+Result = CommandResult
 
 
 def run(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Result:
-    assert SMSLEDGER is not None
-    done = subprocess.run(
-        [SMSLEDGER, *args],
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return run_command(cwd, *args, env=env, timeout=timeout)
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,16 +39,6 @@ path = "log.jsonl"
 @pytest.fixture
 def sandbox_options() -> dict[str, Any]:
     return {"key": "k-metrics", "hash": "h-metrics"}
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def free_port() -> int:

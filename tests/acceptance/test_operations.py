@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,16 +44,6 @@ path = "log.jsonl"
 @pytest.fixture
 def sandbox_options() -> dict[str, Any]:
     return {"key": "k-ops", "hash": "h-ops"}
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def setup(tmp_path: Path, sandbox: Sandbox, webhook: str = "") -> Ledger:
