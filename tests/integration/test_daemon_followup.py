@@ -8,7 +8,6 @@ One `FakeClock` drives the ledger, the daemons and the sandbox; passes are waite
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -65,25 +64,15 @@ def ledger(ledger_factory: Callable[..., Ledger], clock: FakeClock) -> Ledger:
 
 
 @pytest.fixture
-def make_daemon(
-    ledger: Ledger, clock: FakeClock, client: IletiMerkeziClient
-) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(**kwargs: Any) -> Daemon:
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("sleep", clock.advance)
-        kwargs.setdefault("rng", random.Random(0))
-        kwargs.setdefault("lease", LEASE)
-        kwargs.setdefault("lease_clock", clock)
-        kwargs.setdefault("reconcile", TRUTH)
-        daemon = Daemon(kwargs.pop("ledger", ledger), kwargs.pop("client", client), **kwargs)
-        daemons.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in daemons:
-        daemon.stop(grace=5.0)
+def daemon_options(clock: FakeClock) -> dict[str, Any]:
+    """`make_daemon` (tests/integration/conftest.py) on the shared fake clock."""
+    return {
+        "clock": clock,
+        "sleep": clock.advance,
+        "lease_clock": clock,
+        "lease": LEASE,
+        "reconcile": TRUTH,
+    }
 
 
 @pytest.fixture

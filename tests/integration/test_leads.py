@@ -78,31 +78,16 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def client(sandbox: Sandbox, make_client: Callable[..., IletiMerkeziClient]) -> IletiMerkeziClient:
-    return make_client(sandbox)
-
-
-@pytest.fixture
-def make_daemon(
-    ledger: Ledger, clock: FakeClock, client: IletiMerkeziClient
-) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(**kwargs: Any) -> Daemon:
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("sleep", clock.advance)
-        kwargs.setdefault("rng", random.Random(0))
-        kwargs.setdefault("lease", timedelta(seconds=35))
-        kwargs.setdefault("lease_clock", clock)
-        kwargs.setdefault("probe_orders_per_day", PER_DAY)
-        kwargs.setdefault("max_probes_per_order", MAX_PROBES)
-        daemon = Daemon(kwargs.pop("ledger", ledger), kwargs.pop("client", client), **kwargs)
-        daemons.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in daemons:
-        daemon.stop(grace=5.0)
+def daemon_options(clock: FakeClock) -> dict[str, Any]:
+    """`make_daemon` (tests/integration/conftest.py) on the shared fake clock."""
+    return {
+        "clock": clock,
+        "sleep": clock.advance,
+        "lease_clock": clock,
+        "lease": timedelta(seconds=35),
+        "probe_orders_per_day": PER_DAY,
+        "max_probes_per_order": MAX_PROBES,
+    }
 
 
 def add_orders(
