@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -30,9 +29,10 @@ from ledger.errors import (
     OrderNotFound,
     RegistrationConflict,
 )
+from ledger.inputs import LABEL_MAX, check_future, check_label, check_order_id, is_control
 from ledger.logsetup import configure_logging
 from ledger.margins import DEFAULT_REFUSE_BEFORE, DEFAULT_WARN_BEFORE, Margins
-from ledger.models import ORDER_ID_MAX, Event, Order
+from ledger.models import Event, Order
 from ledger.outbox import AlertPolicy
 from ledger.schema import current_revision, upgrade
 from ledger.states import FINAL_STATES, RESOLVABLE, OrderState
@@ -53,13 +53,10 @@ __all__ = [
 
 log = get_logger("smsledger.ledger")
 
-LABEL_MAX = 200
 #: The ledger a `Ledger()` given neither a URL nor an engine opens.
 DEFAULT_URL = "sqlite:///smsledger.db"
 #: The longest note (and name) `Ledger.resolve` keeps.
 NOTE_MAX = 1000
-#: Unicode categories `is_control` refuses in labels and the command escapes when printing.
-_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: A registration that lost a race to another process (PostgreSQL only) decides again this often.
 _REGISTER_TRIES = 3
 #: Orders one transaction of `Ledger.request_cancel_many` decides and writes: a campaign of
@@ -68,60 +65,6 @@ CANCEL_BATCH = 500
 #: The reason recorded for a new order.
 _REGISTERED = "registered"
 _T = TypeVar("_T")
-
-
-def check_order_id(order_id: object) -> str:
-    """Return the order id as text, refusing what no provider id can be."""
-    if isinstance(order_id, int) and not isinstance(order_id, bool):
-        order_id = str(order_id)
-    if not isinstance(order_id, str):
-        raise InvalidInput(f"order id must be text, got {type(order_id).__name__}")
-    text = order_id.strip()
-    if not text:
-        raise InvalidInput("order id is empty")
-    if len(text) > ORDER_ID_MAX:
-        raise InvalidInput(
-            f"order id {text[:20]}... is {len(text)} characters long; at most {ORDER_ID_MAX}"
-        )
-    if not text.isprintable() or " " in text:  # isprintable() is False for other spaces
-        raise InvalidInput(f"order id {text!r} contains spaces or control characters")
-    return text
-
-
-def is_control(char: str) -> bool:
-    """Whether `char` acts on a terminal or a line instead of showing as a glyph.
-
-    Control characters (newline, ESC, DEL, C1), format characters (bidi overrides such as
-    U+202E, zero-width ones), line and paragraph separators, and lone surrogates: a label made
-    of them could forge a table row or drive the terminal of whoever lists the ledger.
-    """
-    return unicodedata.category(char) in _CONTROL_CATEGORIES
-
-
-def check_label(label: str | None, *, what: str = "label", most: int = LABEL_MAX) -> str | None:
-    """Return the label, refusing one that is not text, too long, or holds control characters."""
-    if label is None:
-        return None
-    if not isinstance(label, str):
-        raise InvalidInput(f"{what} must be text, got {type(label).__name__}")
-    if len(label) > most:
-        raise InvalidInput(f"{what} is {len(label)} characters long; at most {most}")
-    for n, char in enumerate(label):
-        if is_control(char):
-            raise InvalidInput(
-                f"{what} contains the control character U+{ord(char):04X} at position {n + 1}; "
-                f"a {what} must be plain text on one line"
-            )
-    return label
-
-
-def check_future(order_id: str, send_at: datetime, now: datetime) -> None:
-    """Refuse to register an order whose send time has come: there is nothing left to cancel."""
-    if send_at <= now:
-        raise InvalidInput(
-            f"order {order_id}: send time {send_at.isoformat()} is not in the future; "
-            "there is nothing left to cancel"
-        )
 
 
 class Registered(int):

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from ledger.inputs import ORDER_ID_MAX
 from ledger.states import OrderState
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "UTCDateTime",
 ]
 
-ORDER_ID_MAX = 64
 ORDERS_TABLE = "smsledger_orders"
 EVENTS_TABLE = "smsledger_order_events"
 ALERTS_TABLE = "smsledger_alerts"
