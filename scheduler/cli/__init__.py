@@ -3,7 +3,10 @@
 `main` is the console script (``scheduler.cli:main``) and ``python -m scheduler``. The package:
 
 - `scheduler.cli.parser`: every command, option and help text (`build_parser`);
-- `scheduler.cli.commands`: what each command does once parsed;
+- `scheduler.cli.commands`: what each command does once parsed (loaded only when a command
+  needs it, so ``--help``, ``--version`` and ``logs`` start fast);
+- `scheduler.cli.context`: the config, logging and the ledger every command starts from;
+- `scheduler.cli.logs_command`: ``smsledger logs``;
 - `scheduler.cli.exits`: the exit codes, which error means which, and `EXIT_CODES_TEXT`, the one
   description of them that ``smsledger --help`` shows;
 - `scheduler.cli.output`: tables and JSON for orders and events, escaping, the error line;
@@ -24,7 +27,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from scheduler.cli.commands import HANDLERS, load_context, run_demo, run_sandbox
+from scheduler.cli.context import load_context
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -47,13 +50,23 @@ __all__ = [
 
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "logs":
+        # Without the other commands' imports (the ledger's models, the daemon, httpx): `logs |
+        # head -1` answers in a fraction of a second.
+        from scheduler.cli.logs_command import run_logs  # noqa: PLC0415
+
+        if extra:
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return run_logs(args, load_context(args))
+    from scheduler.cli import commands  # noqa: PLC0415 -- see above: loaded once a command needs it
+
     if args.command == "sandbox":
-        return run_sandbox(extra)
+        return commands.run_sandbox(extra)
     if extra:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
-        return run_demo()
-    return HANDLERS[args.command](args, load_context(args))
+        return commands.run_demo()
+    return commands.HANDLERS[args.command](args, load_context(args))
 
 
 def _report(exc: Exception, *, debug: bool) -> int:

@@ -17,8 +17,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,8 +31,6 @@ from ledger import (
     CancelResult,
     CancelSummary,
     Config,
-    ConfigError,
-    Event,
     InvalidInput,
     Ledger,
     LedgerError,
@@ -40,9 +38,7 @@ from ledger import (
     OrderNotFound,
     OrderState,
     RegistrationConflict,
-    configure_logging,
     heartbeats,
-    load_config,
     outbox,
     utcnow,
 )
@@ -50,8 +46,9 @@ from ledger._log import get_logger
 from ledger._urls import display_url
 from ledger.api import check_label, check_order_id
 from ledger.cancels import ON_TRACK, refusal
-from ledger.config import ENV_CONFIG, config_search_path, find_config_path, webhook_host
+from ledger.config import ENV_CONFIG, config_search_path, webhook_host
 from ledger.margins import Window
+from scheduler.cli.context import POLL_SECONDS, Context, load_context, open_ledger
 from scheduler.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -61,21 +58,11 @@ from scheduler.cli.exits import (
     exit_code_for,
 )
 from scheduler.cli.imports import check_lines
-from scheduler.cli.logs import (
-    LEVELS,
-    LineFormatter,
-    LogFilter,
-    LogTail,
-    parse_record,
-    read_lines,
-    rotated_logs,
-    with_registration,
-)
+from scheduler.cli.logs_command import run_logs
 from scheduler.cli.origin import foreign_packages
 from scheduler.cli.output import (
     cancel_json,
     escape,
-    escape_json,
     event_json,
     history_table,
     label_summary_json,
@@ -96,7 +83,6 @@ from scheduler.cli.times import (
     format_countdown,
     format_local,
     format_utc,
-    parse_since,
     parse_when,
 )
 from scheduler.provider.client import IletiMerkeziClient
@@ -113,49 +99,11 @@ __all__ = ["HANDLERS", "Context", "Handler", "load_context", "run_demo", "run_sa
 
 log = get_logger("smsledger.cli")
 
-#: How often `cancel --wait` and `logs --follow` look again, in seconds.
-POLL_SECONDS = 0.2
-
-#: `logs` sizes its columns to this many lines at a time: aligned, yet printed as it reads.
-_LOG_WINDOW = 50
-
 #: How many orders an error about many orders names before it counts the rest.
 _MAX_LISTED = 20
 
 
 # -- setup -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every command after parsing needs: the config and where it came from."""
-
-    config: Config
-
-    @property
-    def config_hint(self) -> str:
-        """``--config PATH `` to repeat in a suggested command, or "" for the defaults."""
-        if self.config.source is None:
-            return ""
-        return f"--config {shlex.quote(str(Path(self.config.source).resolve()))} "
-
-
-def load_context(args: argparse.Namespace) -> Context:
-    """Read the config and set up logging, as every command but sandbox and demo does."""
-    config = load_config(find_config_path(args.config))
-    try:
-        configure_logging(config.log, secrets=(config.api.key, config.api.hash))
-    except OSError as exc:
-        raise ConfigError(
-            f"log.path {config.log.path!r} cannot be opened: {exc.strerror or exc}"
-        ) from None
-    return Context(config)
-
-
-def _open_ledger(ctx: Context, *, must_exist: bool = False) -> Ledger:
-    """The config's ledger; `must_exist` for commands that only read or change existing orders,
-    which must say that there is no ledger rather than create an empty one and answer from it."""
-    return Ledger.from_config(ctx.config, setup_logging=False, must_exist=must_exist)
 
 
 def _when(text: str, option: str, ctx: Context) -> datetime:
@@ -185,7 +133,7 @@ def _cmd_register(args: argparse.Namespace, ctx: Context) -> int:
     if args.send_at is None:
         raise UsageError("the following arguments are required: --send-at (or give --from FILE)")
     send_at = _when(args.send_at, "--send-at", ctx)
-    with _open_ledger(ctx) as ledger:
+    with open_ledger(ctx) as ledger:
         order = ledger.register(args.order_id, send_at, args.label)
         say(order_table([order], ctx.config.zone, ledger.now()))
     return EXIT_OK
@@ -216,7 +164,7 @@ def _register_from(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(
             f"--from {name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
-    with _open_ledger(ctx) as ledger:
+    with open_ledger(ctx) as ledger:
         known = ledger.get_many(row.order_id for row in check.rows)
         rows = []
         for row in check.rows:
@@ -285,7 +233,7 @@ def _cmd_send(args: argparse.Namespace, ctx: Context) -> int:
         format_send_datetime(send_at, PROVIDER_ZONE, utcnow())
     except SendTimeError as exc:
         raise UsageError(f"--at {args.at}: {exc}") from None
-    with _open_ledger(ctx) as ledger, _client(config) as client:
+    with open_ledger(ctx) as ledger, _client(config) as client:
         try:
             result = client.send_sms(
                 sender=args.sender,
@@ -354,7 +302,7 @@ def _cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
             say_error(str(exc))
             invalid.append(raw)
             code = EXIT_USAGE
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         summary = ledger.request_cancel_many(
             ids if args.label is None else None, label=args.label, dry_run=args.dry_run
         )
@@ -496,7 +444,7 @@ def _wait_final(ledger: Ledger, results: list[CancelResult], seconds: float) -> 
 
 
 def _cmd_status(args: argparse.Namespace, ctx: Context) -> int:
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         order = ledger.get(args.order_id)
         now = ledger.now()
     say(to_json(order_json(order)) if args.json else status_lines(order, ctx.config.zone, now))
@@ -516,7 +464,7 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     label = _label_option(args.label)
     send_from = _when(args.send_from, "--from", ctx) if args.send_from is not None else None
     until = _when(args.until, "--until", ctx) if args.until is not None else None
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         orders = ledger.orders(
             state, label=label, send_after=send_from, send_before=until, limit=args.limit
         )
@@ -543,7 +491,7 @@ def _label_option(text: str | None) -> str | None:
 
 def _cmd_summary(args: argparse.Namespace, ctx: Context) -> int:
     label = _label_option(args.label)
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         summaries = ledger.summary(label)
     if args.json:
         say(to_json([label_summary_json(s) for s in summaries]))
@@ -555,127 +503,13 @@ def _cmd_summary(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _cmd_history(args: argparse.Namespace, ctx: Context) -> int:
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         events = ledger.history(args.order_id)
     if args.json:
         say(to_json([event_json(event) for event in events]))
     else:
         say(history_table(events, ctx.config.zone))
     return EXIT_OK
-
-
-def _cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
-    config = ctx.config
-    if config.log.path == "-":
-        raise UsageError(
-            "log.path is '-' (the log goes to stderr), so there is no log file to read"
-        )
-    level = None
-    if args.level is not None:
-        level = args.level.lower()
-        if level not in LEVELS:
-            raise UsageError(
-                f"--level: unknown level {args.level!r}; levels are: {', '.join(LEVELS)}"
-            )
-    since = None
-    if args.since is not None:
-        try:
-            since = parse_since(args.since, config.zone, utcnow())
-        except WhenError as exc:
-            raise UsageError(f"--since: {exc}") from None
-    reader = _LogPrinter(
-        LogFilter(order=args.order, event=args.event, level=level, since=since),
-        LineFormatter(config.zone),
-        raw=args.json,
-    )
-    path = Path(config.log.path).expanduser()
-    tail = LogTail(path)
-    try:
-        rotated = rotated_logs(path) if args.include_rotated else []
-        if not args.follow and not path.exists() and not rotated:
-            print(f"smsledger: no log file at {path} yet: nothing has been logged", file=sys.stderr)
-            return EXIT_OK
-        reader.show(_with_ledger_registration(ctx, args.order, _every_line(rotated, tail)))
-        if not args.follow:
-            if not reader.shown and not args.json:
-                print(f"smsledger: no matching log events in {path}", file=sys.stderr)
-            return EXIT_OK
-        while True:
-            time.sleep(POLL_SECONDS)
-            reader.show(tail.lines())
-    finally:
-        tail.close()
-        if reader.skipped:
-            print(
-                f"smsledger: skipped {reader.skipped} line(s) of {path} that are not JSON",
-                file=sys.stderr,
-            )
-
-
-def _with_ledger_registration(
-    ctx: Context, order_id: str | None, lines: Iterable[str]
-) -> Iterable[str]:
-    """For `logs --order`: the log's lines plus the order's registration from the ledger where
-    the log has none (`with_registration`); the lines alone without a ledger or such an order."""
-    if order_id is None:
-        return lines
-    try:
-        with _open_ledger(ctx, must_exist=True) as ledger:
-            events: list[Event] = ledger.history(order_id)
-    except LedgerError:
-        return lines
-    registration = next((e for e in events if e.from_state is None), None)
-    return lines if registration is None else with_registration(lines, registration)
-
-
-def _every_line(rotated: list[Path], tail: LogTail) -> Iterator[str]:
-    """The rotated logs oldest first, then the live one, streamed."""
-    for older in rotated:
-        try:
-            yield from read_lines(older)
-        except (OSError, EOFError) as exc:  # a damaged .gz: say so, read the others
-            say_error(f"cannot read {older}: {exc}")
-    yield from tail.lines()
-
-
-@dataclass
-class _LogPrinter:
-    """Filters and prints log lines, counting the ones that are not JSON objects."""
-
-    filter: LogFilter
-    formatter: LineFormatter
-    raw: bool
-    shown: int = 0
-    skipped: int = 0
-
-    def show(self, lines: Iterable[str]) -> None:
-        """Print the matching lines as they are read, `_LOG_WINDOW` at a time: columns are sized
-        to each window (and only grow), so memory stays flat and the first lines come at once."""
-        picked: list[tuple[str, dict[str, object]]] = []
-        for line in lines:
-            if not line.strip():
-                continue
-            record = parse_record(line)
-            if record is None:
-                self.skipped += 1
-            elif self.filter.matches(record):
-                picked.append((line, record))
-                if len(picked) >= _LOG_WINDOW:
-                    self._print(picked)
-                    picked = []
-        self._print(picked)
-
-    def _print(self, picked: list[tuple[str, dict[str, object]]]) -> None:
-        if not picked:
-            return
-        if not self.raw:
-            self.formatter.fit([record for _, record in picked])
-        out = [
-            escape_json(line) if self.raw else self.formatter.format(record)
-            for line, record in picked
-        ]
-        self.shown += len(out)
-        say(out)
 
 
 def _config_in_use(args: argparse.Namespace, config: Config) -> str:
@@ -703,7 +537,7 @@ def _cmd_check(args: argparse.Namespace, ctx: Context) -> int:
         lines.append((name, "FAIL", message))
 
     try:
-        with _open_ledger(ctx, must_exist=True) as ledger:
+        with open_ledger(ctx, must_exist=True) as ledger:
             ledger.orders(limit=1)
             lines.append(("ledger", "ok", display_url(config.ledger.url)))
         seen = _daemons_seen(ctx)
@@ -764,7 +598,7 @@ def _daemon_running(ledger: Ledger, ctx: Context) -> bool:
 
 def _daemons_seen(ctx: Context) -> tuple[bool, str] | None:
     """(any running, a description of the daemons seen and their last pass) for `check`."""
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         seen = heartbeats.daemons(ledger.store)
         now = ledger.store.lease_now()
     running = heartbeats.running(seen, now, ctx.config.scheduler.poll_seconds)
@@ -799,7 +633,7 @@ def _check_skew(
 def _cmd_alerts(args: argparse.Namespace, ctx: Context) -> int:
     if args.action == "test":
         return _alerts_test(ctx)
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         found = outbox.recent(ledger.store, pending_only=args.pending, limit=args.limit)
     zone = ctx.config.zone
     if args.json:
@@ -891,7 +725,7 @@ def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
     """Judge `refuse_before` by the provider's queue lead as observed (exit 1: too small)."""
     from ledger import leads  # noqa: PLC0415 -- only this command reads the observations
 
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         since = ledger.now() - timedelta(days=args.days)
         observations = leads.observations_since(ledger.store, since)
     found = leads.brackets(observations)
@@ -905,7 +739,8 @@ def _cmd_margins(args: argparse.Namespace, ctx: Context) -> int:
     if args.json:
         say(to_json(report.to_json()))
     else:
-        say(margins_lines(report, [b for b in found.values() if b.closed], args.days))
+        bars = leads.histogram(b for b in found.values() if b.closed)
+        say(margins_lines(report, bars, args.days))
     too_small = report.verdict is leads.Verdict.REFUSE_BEFORE_TOO_SMALL
     return EXIT_FAILED if too_small else EXIT_OK
 
@@ -935,7 +770,7 @@ def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
             lines.append("(dry run: nothing was written)")
         say(lines)
 
-    with _open_ledger(ctx, must_exist=args.dry_run) as ledger, _client(config) as client:
+    with open_ledger(ctx, must_exist=args.dry_run) as ledger, _client(config) as client:
         since, until = last_days(days, ledger.now())
         try:
             report = reconcile(
@@ -954,7 +789,7 @@ def _cmd_reconcile(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _cmd_resolve(args: argparse.Namespace, ctx: Context) -> int:
-    with _open_ledger(ctx, must_exist=True) as ledger:
+    with open_ledger(ctx, must_exist=True) as ledger:
         order = ledger.resolve(args.order_id, args.to_state, note=args.note, by=args.by)
         say(order_table([order], ctx.config.zone, ledger.now()))
     return EXIT_OK
@@ -1004,7 +839,7 @@ HANDLERS: dict[str, Handler] = {
     "list": _cmd_list,
     "summary": _cmd_summary,
     "history": _cmd_history,
-    "logs": _cmd_logs,
+    "logs": run_logs,
     "run": _cmd_run,
     "check": _cmd_check,
     "migrate": _cmd_migrate,

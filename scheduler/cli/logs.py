@@ -16,12 +16,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ledger.models import Event
 from scheduler.cli.output import escape, pair
 from scheduler.cli.times import format_local
+
+if TYPE_CHECKING:  # the models import SQLAlchemy, which reading a log does without
+    from ledger.models import Event
 
 __all__ = [
     "LEVELS",

@@ -7,7 +7,7 @@ human times are in the configured zone.
 Text that comes from outside (labels and reasons in the ledger, provider messages, order ids, log
 fields) goes through `escape` before a person sees it, and `to_json` writes the same characters as
 ``\\u`` escapes: a newline or an escape sequence in a label must not forge a row or drive the
-terminal. Which characters count is `ledger.api.is_control`.
+terminal. Which characters count is `ledger.inputs.is_control`.
 
 `say` and `say_error` are the two places the command prints what it has formatted.
 """
@@ -18,13 +18,15 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ledger import CancelSummary, Event, LabelSummary, Order
-from ledger.api import is_control
-from ledger.leads import Bracket, MarginReport, histogram
+from ledger.inputs import is_control
 from scheduler.cli.times import format_countdown, format_local, format_utc
+
+if TYPE_CHECKING:  # the models import SQLAlchemy, which `smsledger logs` does without
+    from ledger import CancelSummary, Event, LabelSummary, Order
+    from ledger.leads import MarginReport
 
 __all__ = [
     "ERROR_PREFIX",
@@ -296,8 +298,11 @@ def summary_table(summaries: Iterable[LabelSummary], zone: ZoneInfo) -> list[str
     return table(("LABEL", "ORDERS", "NEXT SEND", "AT RISK", "STATES"), rows)
 
 
-def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) -> list[str]:
-    """`smsledger margins` for people: the figures, the verdict and a histogram of the leads."""
+def margins_lines(
+    report: MarginReport, bars: Sequence[tuple[float, float, int]], days: float
+) -> list[str]:
+    """`smsledger margins` for people: the figures, the verdict and a histogram of the leads
+    (`bars`, from `ledger.leads.histogram`)."""
 
     def sec(value: float | None) -> str:
         return _NONE if value is None else f"{value:g} s"
@@ -315,7 +320,6 @@ def margins_lines(report: MarginReport, closed: Iterable[Bracket], days: float) 
         f"warn_before {sec(report.suggested_warn_before_seconds)}",
         f"verdict: {report.verdict.value}",
     ]
-    bars = histogram(closed)
     if bars:
         most = max(count for _, _, count in bars)
         lines.append("leads of closed brackets (midpoints):")
