@@ -56,14 +56,13 @@ class Size:
     pass_repeats: int  # 4. `run --once` runs per ledger (the median is reported)
     cancels: dict[int, int]  # 5. max_concurrent_cancels -> orders
     latency_samples: int  # 6. cancel requests timed to their first provider call
+    log_mb: int = 100  # 8. the size of the log `smsledger logs` reads
 
 
 SIZES: dict[str, Size] = {
-    "tiny": Size(
-        "tiny", 500, 10, 10, 10, 500, 2_000, 10, 1, {1: 4, 8: 16, 32: 32}, latency_samples=4
-    ),
+    "tiny": Size("tiny", 500, 10, 10, 10, 500, 2_000, 10, 1, {1: 4, 8: 16, 32: 32}, 4, log_mb=2),
     "small": Size(
-        "small", 10_000, 300, 200, 300, 10_000, 100_000, 100, 3, {1: 20, 8: 200, 32: 400}, 40
+        "small", 10_000, 300, 200, 300, 10_000, 100_000, 100, 3, {1: 20, 8: 200, 32: 400}, 40, 20
     ),
     "full": Size(
         "full",

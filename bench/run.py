@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import alternative, cancels, latency, metrics, pass_cost, postgres, registration
+from bench import alternative, cancels, latency, logs, metrics, pass_cost, postgres, registration
 from bench._common import SIZES, Context, fsync_ms, load, machine, say
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "cancels": ("5. Cancel throughput", cancels.run),
     "latency": ("6. Request to first provider call", latency.run),
     "metrics": ("7. Metrics cost nothing in a pass; a scrape stays cheap", metrics.run),
+    "logs": ("8. smsledger logs streams", logs.run),
     "postgres": ("PostgreSQL", postgres.run),
 }
 
