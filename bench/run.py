@@ -17,7 +17,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import alternative, cancels, latency, logs, metrics, pass_cost, postgres, registration
+from bench import (
+    alternative,
+    bulk_cancel,
+    cancels,
+    latency,
+    logs,
+    metrics,
+    pass_cost,
+    postgres,
+    registration,
+)
 from bench._common import SIZES, Context, fsync_ms, load, machine, say
 from ledger.config import LogConfig
 from ledger.logsetup import configure_logging
@@ -32,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "latency": ("6. Request to first provider call", latency.run),
     "metrics": ("7. Metrics cost nothing in a pass; a scrape stays cheap", metrics.run),
     "logs": ("8. smsledger logs streams", logs.run),
+    "bulk-cancel": ("9. Stopping a campaign: cancel by label", bulk_cancel.run),
     "postgres": ("PostgreSQL", postgres.run),
 }
 
