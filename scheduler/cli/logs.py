@@ -34,6 +34,8 @@ __all__ = [
     "read_lines",
     "record_time",
     "rotated_logs",
+    "with_event",
+    "with_history",
     "with_registration",
 ]
 
@@ -64,49 +66,64 @@ def record_time(record: Mapping[str, Any]) -> datetime | None:
     return value if value.tzinfo is not None else None
 
 
-#: How far past an order's registration `with_registration` looks for the log's own line of it.
-_REGISTRATION_LOOKAHEAD = timedelta(seconds=60)
+#: How far past a ledger event `with_event` looks for the log's own line of it.
+_EVENT_LOOKAHEAD = timedelta(seconds=60)
+#: A log line of a state change is written just after its commit; this much before the event's
+#: time still counts as its line (clocks of one host, rounding).
+_EVENT_SLACK = timedelta(seconds=1)
 
 
-def with_registration(lines: Iterable[str], registration: Event) -> Iterator[str]:
-    """`lines` with the order's registration read from the ledger, where the log has no line.
+def with_history(lines: Iterable[str], events: Iterable[Event]) -> Iterator[str]:
+    """`lines` with an order's state changes read from the ledger, where the log has no line.
 
-    `register_many` logs one `orders_registered` line per call, not one per order, so an order's
-    story in the log may start at its first change after registration. The ledger's history
-    holds that event; it is put in as the `order_state_changed` line `register` would have
-    written (marked ``"source": "ledger"``), before the first line logged after it. Lines stream
-    through: only those within `_REGISTRATION_LOOKAHEAD` after the registration are held back,
-    to see whether the log has the registration itself.
+    Bulk calls log one summary line, not one per order: `register_many` an
+    ``orders_registered`` line per call, a campaign's cancel an ``orders_state_changed`` line
+    per batch. The ledger's history holds every order's event; each one the log lacks is put in
+    as the ``order_state_changed`` line a one-order call would have written (marked ``"source":
+    "ledger"``), before the first line logged after it (`with_event`). Meant for one order's
+    lines (``logs --order``): each event looks through the lines once.
     """
-    at = registration.at.astimezone(UTC)
-    text = json.dumps(
-        {
-            "timestamp": at.isoformat().replace("+00:00", "Z"),
-            "level": "info",
-            "event": "order_state_changed",
-            "order_id": registration.order_id,
-            "from_state": None,
-            "to_state": registration.to_state.value,
-            "reason": registration.reason,
-            "source": "ledger",
-        }
-    )
+    merged: Iterable[str] = lines
+    for event in sorted(events, key=lambda e: e.at):
+        merged = with_event(merged, event)
+    return iter(merged)
+
+
+def with_event(lines: Iterable[str], event: Event) -> Iterator[str]:
+    """`lines` with one ledger event, unless the log has its line (see `with_history`).
+
+    Lines stream through: only those within `_EVENT_LOOKAHEAD` after the event are held back,
+    to see whether the log has the event itself.
+    """
+    at = event.at.astimezone(UTC)
+    record: dict[str, Any] = {
+        "timestamp": at.isoformat().replace("+00:00", "Z"),
+        "level": "info",
+        "event": "order_state_changed",
+        "order_id": event.order_id,
+        "from_state": event.from_state.value if event.from_state else None,
+        "to_state": event.to_state.value,
+        "reason": event.reason,
+    }
+    if event.details:
+        record["details"] = dict(event.details)
+    text = json.dumps({**record, "source": "ledger"})
     held: list[str] = []
-    settled = False  # the registration is either shown already or known to be in the log
+    settled = False  # the event is either shown already or known to be in the log
     for line in lines:
         if settled:
             yield line
             continue
-        record = parse_record(line)
-        if record is not None and _is_registration(record, registration):
+        parsed = parse_record(line)
+        when = record_time(parsed) if parsed is not None else None
+        if parsed is not None and _is_logged(parsed, event, when):
             settled = True
             yield from held
             yield line
             continue
-        when = record_time(record) if record is not None else None
         if not held and (when is None or when <= at):
             yield line
-        elif when is None or when <= at + _REGISTRATION_LOOKAHEAD:
+        elif when is None or when <= at + _EVENT_LOOKAHEAD:
             held.append(line)
         else:
             settled = True
@@ -118,12 +135,19 @@ def with_registration(lines: Iterable[str], registration: Event) -> Iterator[str
         yield from held
 
 
-def _is_registration(record: dict[str, Any], registration: Event) -> bool:
+def with_registration(lines: Iterable[str], registration: Event) -> Iterator[str]:
+    """`with_event` for an order's registration (kept for callers of the first version)."""
+    return with_event(lines, registration)
+
+
+def _is_logged(record: dict[str, Any], event: Event, when: datetime | None) -> bool:
+    """Whether `record` is the log's own line of `event`."""
     return (
         record.get("event") == "order_state_changed"
-        and str(record.get("order_id")) == registration.order_id
-        and record.get("from_state") is None
-        and record.get("to_state") == registration.to_state.value
+        and str(record.get("order_id")) == event.order_id
+        and record.get("from_state") == (event.from_state.value if event.from_state else None)
+        and record.get("to_state") == event.to_state.value
+        and (when is None or when >= event.at - _EVENT_SLACK)
     )
 
 

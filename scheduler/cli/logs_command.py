@@ -2,7 +2,7 @@
 
 Its own module, importing neither the daemon nor the ledger's models, because `logs | head` and
 `logs --follow` should answer at once: the ledger is opened only for ``--order``, to add an
-order's registration where the log has no line (`with_registration`).
+order's state changes where the log has no line of them (`with_history`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ledger._clock import utcnow
 from ledger.errors import LedgerError
@@ -27,7 +27,7 @@ from scheduler.cli.logs import (
     parse_record,
     read_lines,
     rotated_logs,
-    with_registration,
+    with_history,
 )
 from scheduler.cli.output import escape_json, say, say_error
 from scheduler.cli.times import WhenError, parse_since
@@ -73,7 +73,7 @@ def run_logs(args: argparse.Namespace, ctx: Context) -> int:
         if not args.follow and not path.exists() and not rotated:
             print(f"smsledger: no log file at {path} yet: nothing has been logged", file=sys.stderr)
             return EXIT_OK
-        reader.show(_with_ledger_registration(ctx, args.order, _every_line(rotated, tail)))
+        reader.show(_every_line(rotated, tail), history=_ledger_history(ctx, args.order))
         if not args.follow:
             if not reader.shown and not args.json:
                 print(f"smsledger: no matching log events in {path}", file=sys.stderr)
@@ -90,20 +90,16 @@ def run_logs(args: argparse.Namespace, ctx: Context) -> int:
             )
 
 
-def _with_ledger_registration(
-    ctx: Context, order_id: str | None, lines: Iterable[str]
-) -> Iterable[str]:
-    """For `logs --order`: the log's lines plus the order's registration from the ledger where
-    the log has none (`with_registration`); the lines alone without a ledger or such an order."""
+def _ledger_history(ctx: Context, order_id: str | None) -> list[Event]:
+    """For ``logs --order``: the order's history from the ledger, to show the state changes the
+    log has no line of (`with_history`); none without a ledger or such an order."""
     if order_id is None:
-        return lines
+        return []
     try:
         with open_ledger(ctx, must_exist=True) as ledger:
-            events: list[Event] = ledger.history(order_id)
+            return ledger.history(order_id)
     except LedgerError:
-        return lines
-    registration = next((e for e in events if e.from_state is None), None)
-    return lines if registration is None else with_registration(lines, registration)
+        return []
 
 
 def _every_line(rotated: list[Path], tail: LogTail) -> Iterator[str]:
@@ -126,10 +122,28 @@ class _LogPrinter:
     shown: int = 0
     skipped: int = 0
 
-    def show(self, lines: Iterable[str]) -> None:
+    def show(self, lines: Iterable[str], history: Sequence[Event] = ()) -> None:
         """Print the matching lines as they are read, `_LOG_WINDOW` at a time: columns are sized
-        to each window (and only grow), so memory stays flat and the first lines come at once."""
+        to each window (and only grow), so memory stays flat and the first lines come at once.
+
+        `history`: ledger events to put in where the log has no line of them (`with_history`),
+        merged into the matching lines only (one order's, with ``--order``), so a big log is
+        still parsed once.
+        """
+        matching = self._matching(lines)
+        if history:
+            merged = with_history((line for line, _ in matching), history)
+            matching = ((line, parse_record(line)) for line in merged)
         picked: list[tuple[str, dict[str, object]]] = []
+        for line, record in matching:
+            if record is not None and self.filter.matches(record):  # ledger lines too
+                picked.append((line, record))
+                if len(picked) >= _LOG_WINDOW:
+                    self._print(picked)
+                    picked = []
+        self._print(picked)
+
+    def _matching(self, lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
         for line in lines:
             if not line.strip():
                 continue
@@ -137,11 +151,7 @@ class _LogPrinter:
             if record is None:
                 self.skipped += 1
             elif self.filter.matches(record):
-                picked.append((line, record))
-                if len(picked) >= _LOG_WINDOW:
-                    self._print(picked)
-                    picked = []
-        self._print(picked)
+                yield line, record
 
     def _print(self, picked: list[tuple[str, dict[str, object]]]) -> None:
         if not picked:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,6 +17,7 @@ from scheduler.cli.logs import (
     read_lines,
     record_time,
     rotated_logs,
+    with_history,
     with_registration,
 )
 
@@ -249,3 +250,51 @@ def test_lines_stream_through_once_past_the_registration_lookahead() -> None:
 
     assert parse_record(next(merged))["source"] == "ledger"  # type: ignore[index]
     assert next(merged) == later[0], "given before the rest was read"
+
+
+def _event(at: datetime, from_state: OrderState | None, to_state: OrderState) -> Event:
+    return Event("7", at, from_state, to_state, "why", {"seconds_left": 1.5})
+
+
+def test_history_puts_in_each_change_the_log_lacks_and_only_those() -> None:
+    """A campaign's cancel logs one line per batch: the order's own change comes from the
+    ledger; a change the log has (the daemon's, one line per order) is not doubled."""
+    hour = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    registered = _event(hour, None, OrderState.SCHEDULED)
+    requested = _event(hour + timedelta(hours=1), OrderState.SCHEDULED, OrderState.CANCEL_REQUESTED)
+    cancelling = _event(
+        hour + timedelta(hours=2), OrderState.CANCEL_REQUESTED, OrderState.CANCELLING
+    )
+    own = json.dumps(
+        rec(timestamp="2026-11-28T12:00:00.5Z", order_id="7", from_state="cancel_requested",
+            to_state="cancelling")
+    )  # fmt: skip
+
+    merged = [
+        parse_record(line) for line in with_history([own], [cancelling, requested, registered])
+    ]
+
+    assert [(r["to_state"], r.get("source")) for r in merged if r is not None] == [
+        ("scheduled", "ledger"),
+        ("cancel_requested", "ledger"),
+        ("cancelling", None),
+    ]
+    assert merged[1] is not None and merged[1]["details"] == {"seconds_left": 1.5}
+
+
+def test_an_earlier_line_of_the_same_change_does_not_stand_for_a_later_one() -> None:
+    """A cancel put back and asked for again: two changes alike, the log has the first only."""
+    hour = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    first = _event(hour, OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
+    second = _event(hour + timedelta(hours=1), OrderState.CANCEL_REQUESTED, OrderState.CANCELLING)
+    logged = json.dumps(
+        rec(timestamp="2026-11-28T10:00:00.2Z", order_id="7", from_state="cancel_requested",
+            to_state="cancelling")
+    )  # fmt: skip
+
+    merged = [parse_record(line) for line in with_history([logged], [first, second])]
+
+    assert [(r["timestamp"], r.get("source")) for r in merged if r is not None] == [
+        ("2026-11-28T10:00:00.2Z", None),
+        ("2026-11-28T11:00:00Z", "ledger"),
+    ]
