@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 from ledger.errors import CancelNotPossible, CancelRefused
 from ledger.margins import Margins, Window
@@ -22,10 +23,12 @@ from ledger.states import OrderState
 __all__ = [
     "ALREADY_CANCELLING",
     "ON_TRACK",
+    "CancelDecider",
     "CancelDecision",
     "CancelOutcome",
     "CancelResult",
     "CancelSummary",
+    "Cancellable",
     "decide_cancel",
     "refusal",
 ]
@@ -51,9 +54,12 @@ class CancelOutcome(StrEnum):
 ON_TRACK = frozenset({CancelOutcome.REQUESTED, CancelOutcome.WARNED, CancelOutcome.ALREADY})
 
 
-@dataclass(frozen=True)
-class CancelDecision:
-    """The change a cancel request makes to an order: `to_state` None means none."""
+class CancelDecision(NamedTuple):
+    """The change a cancel request makes to an order: `to_state` None means none.
+
+    A named tuple rather than a frozen dataclass: a campaign makes 100,000 of them, and a tuple
+    is built in a fraction of the time.
+    """
 
     outcome: CancelOutcome
     seconds_left: float
@@ -61,19 +67,47 @@ class CancelDecision:
     reason: str | None = None
 
 
-def decide_cancel(order: Order, now: datetime, margins: Margins) -> CancelDecision:
+class Cancellable(Protocol):
+    """What `decide_cancel` reads of an order: an `Order`, or a campaign batch's `Brief`."""
+
+    @property
+    def state(self) -> OrderState: ...
+
+    @property
+    def send_at(self) -> datetime: ...
+
+    def seconds_left(self, now: datetime) -> float: ...
+
+
+def decide_cancel(order: Cancellable, now: datetime, margins: Margins) -> CancelDecision:
     """Decide what asking to cancel `order` at `now` does, under the margins."""
-    left = order.seconds_left(now)
-    if order.state in ALREADY_CANCELLING:
-        return CancelDecision(CancelOutcome.ALREADY, left)
-    if order.state is not OrderState.SCHEDULED:
-        return CancelDecision(CancelOutcome.FINAL, left)
-    where = margins.window(order.send_at, now)
-    if where in (Window.REFUSE, Window.PAST):
-        reason = margins.refusal(order.send_at, now)
-        return CancelDecision(CancelOutcome.REFUSED, left, OrderState.CANCEL_REFUSED, reason)
-    outcome = CancelOutcome.WARNED if where is Window.WARN else CancelOutcome.REQUESTED
-    return CancelDecision(outcome, left, OrderState.CANCEL_REQUESTED, "cancel requested")
+    return CancelDecider(now, margins)(order)
+
+
+class CancelDecider:
+    """`decide_cancel` for many orders at one `now` (a campaign's batch): the margins' edges
+    are computed once, not once per order."""
+
+    __slots__ = ("margins", "now", "where")
+
+    def __init__(self, now: datetime, margins: Margins) -> None:
+        self.now = now
+        self.margins = margins
+        self.where = margins.windows(now)
+
+    def __call__(self, order: Cancellable) -> CancelDecision:
+        send_at, now = order.send_at, self.now
+        left = (send_at - now).total_seconds()
+        if order.state in ALREADY_CANCELLING:
+            return CancelDecision(CancelOutcome.ALREADY, left)
+        if order.state is not OrderState.SCHEDULED:
+            return CancelDecision(CancelOutcome.FINAL, left)
+        where = self.where(send_at)
+        if where is Window.REFUSE or where is Window.PAST:
+            reason = self.margins.refusal(send_at, now)
+            return CancelDecision(CancelOutcome.REFUSED, left, OrderState.CANCEL_REFUSED, reason)
+        outcome = CancelOutcome.WARNED if where is Window.WARN else CancelOutcome.REQUESTED
+        return CancelDecision(outcome, left, OrderState.CANCEL_REQUESTED, "cancel requested")
 
 
 def refusal(order: Order, outcome: CancelOutcome, seconds_left: float) -> CancelNotPossible | None:

@@ -8,6 +8,7 @@ calling the provider. Pure: no clock, no database; callers pass `now` in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -44,6 +45,9 @@ class Window(StrEnum):
     PAST = "past"  # the send time has come
 
 
+_ZERO = timedelta(0)
+
+
 def window(
     send_at: datetime, now: datetime, warn_before: timedelta, refuse_before: timedelta
 ) -> Window:
@@ -53,7 +57,7 @@ def window(
     `warn_before` left already warns, exactly at `send_at` is past.
     """
     left = send_at - now
-    if left <= timedelta(0):
+    if left <= _ZERO:
         return Window.PAST
     if left <= refuse_before:
         return Window.REFUSE
@@ -114,6 +118,24 @@ class Margins:
     def window(self, send_at: datetime, now: datetime) -> Window:
         """Where `send_at` stands seen from `now` (see `window`)."""
         return window(send_at, now, self.warn_before, self.refuse_before)
+
+    def windows(self, now: datetime) -> Callable[[datetime], Window]:
+        """`window` for many send times seen from one `now`, its edges computed once: a
+        campaign's cancel classifies 100,000 orders. The same answer as `window` for every
+        send time (`send_at - now <= margin` is `send_at <= now + margin` exactly)."""
+        refuse_edge = now + self.refuse_before
+        warn_edge = now + self.warn_before
+
+        def where(send_at: datetime) -> Window:
+            if send_at <= now:
+                return Window.PAST
+            if send_at <= refuse_edge:
+                return Window.REFUSE
+            if send_at <= warn_edge:
+                return Window.WARN
+            return Window.OPEN
+
+        return where
 
     def retry_fits(self, now: datetime, delay: float, send_at: datetime) -> bool:
         """True when waiting `delay` seconds still leaves the retry outside the refuse margin."""

@@ -107,6 +107,40 @@ def test_cancel_by_label_cancels_the_campaign_and_counts_each_outcome(
     assert "final      20" in again.out
 
 
+def test_a_campaign_cancel_logs_a_line_per_batch_and_logs_order_shows_every_change(
+    work: Path, book: Ledger
+) -> None:
+    """Refusals are loud and keep a line each; the requested ones share one line per batch, and
+    ``logs --order`` shows an order's every change, from the ledger where the log has no line."""
+    now = book.now()
+    book.register_many(
+        [(f"s-{n}", now + timedelta(hours=2), "spring") for n in range(30)]
+        + [(f"r-{n}", now + timedelta(minutes=4), "spring") for n in range(5)]
+    )
+
+    assert run_command(work, "cancel", "--label", "spring").code == 1
+    logged = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    shown = run_command(work, "logs", "--json", "--order", "s-3")
+    refused = run_command(work, "logs", "--json", "--order", "r-1")
+
+    batch = [r for r in logged if r["event"] == "orders_state_changed"]
+    assert [(r["count"], r["to_state"], r["first_order_id"]) for r in batch] == [
+        (30, "cancel_requested", "s-0")
+    ]
+    per_order = [r for r in logged if r["event"] == "order_state_changed"]
+    assert sorted(r["order_id"] for r in per_order) == [f"r-{n}" for n in range(5)]
+    assert {r["level"] for r in per_order} == {"warning"}
+    story = [json.loads(line) for line in shown.out.splitlines()]
+    assert [(r["to_state"], r.get("source")) for r in story] == [
+        ("scheduled", "ledger"),
+        ("cancel_requested", "ledger"),
+    ]
+    assert story[1]["details"]["seconds_left"] > 7000
+    assert [
+        (r["to_state"], r.get("source")) for r in map(json.loads, refused.out.splitlines())
+    ] == [("scheduled", "ledger"), ("cancel_refused", None)], "the log's own line, not twice"
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -82,3 +82,30 @@ def test_widened_grows_both_margins_and_keeps_the_rule() -> None:
     assert margins.widened(timedelta(0)) is margins
     assert margins.widened(skew) == Margins(WARN + skew, REFUSE + skew)
     assert margins.widened(skew).window(SEND_AT, SEND_AT - timedelta(minutes=12)) is Window.REFUSE
+
+
+_US = timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(
+    "left",
+    [
+        WARN + timedelta(days=1),
+        WARN + _US,
+        WARN,
+        WARN - _US,
+        REFUSE + _US,
+        REFUSE,
+        REFUSE - _US,
+        _US,
+        timedelta(0),
+        -_US,
+        -timedelta(days=1),
+    ],
+    ids=str,
+)
+def test_windows_for_one_now_classify_as_window_does_at_every_edge(left: timedelta) -> None:
+    """A campaign's batch classifies with `Margins.windows` (edges computed once)."""
+    margins = Margins(WARN, REFUSE)
+    now = SEND_AT - left
+    assert margins.windows(now)(SEND_AT) is margins.window(SEND_AT, now)
