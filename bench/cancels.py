@@ -83,14 +83,16 @@ class Prepared(NamedTuple):
 
 
 @contextlib.contextmanager
-def prepared(folder: Path, concurrency: int, n: int, *, bare_orders: int) -> Iterator[Prepared]:
+def prepared(
+    folder: Path, concurrency: int, n: int, *, bare_orders: int, ledger_url: str | None = None
+) -> Iterator[Prepared]:
     """A sandbox process knowing `n` orders for the daemon and `bare_orders` more for the bare
-    client, a ledger with the daemon's orders registered and their cancels requested, and a
-    config for `run --once` at `concurrency`."""
+    client, a ledger (SQLite in `folder` unless `ledger_url`) with the daemon's orders registered
+    and their cancels requested, and a config for `run --once` at `concurrency`."""
     first = FIRST_ID + 10_000_000 * concurrency
     now = datetime.now(UTC)
     rows = orders(n, first=first, now=now)
-    ledger_url = sqlite_url(folder / "ledger.db")
+    ledger_url = ledger_url or sqlite_url(folder / "ledger.db")
     with SandboxProcess(latency=LATENCY) as sandbox:
         sandbox.add_orders(rows)
         sandbox.add_orders(orders(bare_orders, first=first + BARE_OFFSET, now=now))
@@ -126,9 +128,17 @@ def startup_cpu(folder: Path, base_url: str) -> float:
     return child.cpu_seconds
 
 
-def one(ctx: Context, concurrency: int, n: int) -> None:
+def one(
+    ctx: Context,
+    concurrency: int,
+    n: int,
+    *,
+    ledger_url: str | None = None,
+    section: str = "5 cancel throughput",
+) -> None:
+    """One concurrency: the bare client, the daemon, the bare client again (see the module)."""
     folder = ctx.dir(f"cancels-{concurrency}")
-    with prepared(folder, concurrency, n, bare_orders=2 * n) as setup:
+    with prepared(folder, concurrency, n, bare_orders=2 * n, ledger_url=ledger_url) as setup:
         sandbox, config, log, ledger_url, rows, bare_first = setup
         empty_cpu = startup_cpu(folder, sandbox.url)
         bare_before = bare(sandbox.url, bare_first, n, concurrency)
@@ -166,7 +176,7 @@ def one(ctx: Context, concurrency: int, n: int) -> None:
     )
     goal = concurrency == GOAL_CONCURRENCY
     ctx.figure(
-        "5 cancel throughput",
+        section,
         f"max_concurrent_cancels={concurrency}, {n:,} orders, vs bare httpx client",
         f"{throughput:.1f} orders/s",
         f"{bare_throughput:.1f} orders/s bare httpx client, same calls and concurrency",
@@ -175,7 +185,7 @@ def one(ctx: Context, concurrency: int, n: int) -> None:
         (share >= GOAL_OF_BARE and cancelled == n) if goal else None,
     )
     ctx.figure(
-        "5 cancel throughput",
+        section,
         f"max_concurrent_cancels={concurrency}, share of the bound",
         f"{throughput:.1f} orders/s",
         f"{bound:.1f} orders/s bound ({concurrency} / (3 x {LATENCY * 1000:.0f} ms))",
@@ -184,7 +194,7 @@ def one(ctx: Context, concurrency: int, n: int) -> None:
         None,
     )
     ctx.figure(
-        "5 cancel throughput",
+        section,
         f"CPU per cancelled order, concurrency {concurrency}",
         f"{cpu_ms:.2f} ms (daemon process, less an empty run)",
         f"{bare_cpu_ms:.2f} ms bare httpx client",
@@ -193,7 +203,7 @@ def one(ctx: Context, concurrency: int, n: int) -> None:
         None,
     )
     ctx.figure(
-        "5 cancel throughput",
+        section,
         f"provider calls per order, concurrency {concurrency}",
         f"max {max(calls)}, mean {sum(calls) / n:.2f}",
         f"{CALLS_PER_ORDER} (pre-check, cancel, verify)",

@@ -1,4 +1,4 @@
-"""PostgreSQL (``--postgres-url``): bulk registration against psycopg, and pass cost 10k vs big.
+"""PostgreSQL (``--postgres-url``): figures 1-5 and 9 of the SQLite run, against psycopg.
 
 Everything happens in schemas of its own (``smsledger_bench_<random>_*``, dropped afterwards),
 chosen through the URL's ``options=-csearch_path=...``, so the database's other tables are left
@@ -6,9 +6,14 @@ alone and two runs against one server do not meet.
 
 - Bulk: `register_many` against psycopg writing the same rows into a schema the ledger created:
   ``executemany`` (psycopg 3 pipelines it) and ``COPY``, each in one transaction.
+- One by one: `register` per order against psycopg inserting the order and its event and
+  committing, per order (halves interleaved, as for SQLite).
 - Pass: `run --once` over a small and a big ledger (written with COPY), timed from the log as for
   SQLite, with the ``EXPLAIN`` of every statement the pass runs (after ``ANALYZE``, as autovacuum
   would leave it).
+- Bulk cancel: `request_cancel_many(label=...)` against psycopg doing the same writes in one
+  transaction (``INSERT ... SELECT`` of the history rows, ``UPDATE ... WHERE label``).
+- Cancel throughput: bench.cancels at the goal's concurrency with the daemon's ledger here.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from bench import cancels
 from bench._common import (
     FIRST_ID,
     Context,
@@ -187,6 +193,163 @@ def bulk(ctx: Context, url: str) -> None:
         )
 
 
+def raw_one_by_one(url: str, schema: str, rows: Sequence[tuple[str, datetime]]) -> None:
+    """The baseline of 2: each order and its event inserted and committed on its own."""
+    psycopg = _psycopg()
+    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
+        for oid, when in rows:
+            now = _naive(datetime.now(UTC))
+            conn.execute(
+                f"INSERT INTO smsledger_orders ({_ORDER_COLS}) "
+                "VALUES (%s, %s, 'scheduled', NULL, 'registered', 0, 0, %s, %s)",
+                (oid, _naive(when), now, now),
+            )
+            conn.execute(
+                f"INSERT INTO smsledger_order_events ({_EVENT_COLS}) "
+                "VALUES (%s, %s, NULL, 'scheduled', 'registered', NULL)",
+                (oid, now),
+            )
+            conn.commit()
+
+
+def one_by_one(ctx: Context, url: str) -> None:
+    n = ctx.size.one_by_one
+    rows = orders(n)
+    half = n // 2
+    ours = raw = 0.0
+    say(f"  register x {n:,}, one transaction each, vs psycopg per-row commits")
+    with _schemas(url, "ledger", "raw") as (mine, theirs):
+        Ledger(_in_schema(url, theirs)).close()
+        ledger = Ledger(_in_schema(url, mine))
+        try:
+            for part in (rows[:half], rows[half:]):
+                with stopwatch() as t:
+                    raw_one_by_one(url, theirs, part)
+                raw += t[0]
+                with stopwatch() as t:
+                    for oid, when in part:
+                        ledger.register(oid, when)
+                ours += t[0]
+        finally:
+            ledger.close()
+        identical = _contents(url, mine) == _contents(url, theirs)
+    say(f"  same rows in both schemas: {'yes' if identical else 'NO'}")
+    ctx.figure(
+        "PostgreSQL one-by-one registration",
+        f"register x {n:,} vs psycopg per-row commits",
+        f"{ours:.2f} s ({rate(n, ours)}, {ours / n * 1000:.2f} ms each)",
+        f"{raw:.2f} s ({rate(n, raw)}, {raw / n * 1000:.2f} ms each)",
+        raw / ours,
+        ">= 0.40 of raw (as SQLite)",
+        raw / ours >= 0.4 and identical,
+    )
+
+
+_RAW_CANCEL_EVENTS = """
+INSERT INTO smsledger_order_events (order_id, at, from_state, to_state, reason, details)
+SELECT order_id, %(now)s, 'scheduled', 'cancel_requested', 'cancel requested',
+       json_build_object('seconds_left', round(extract(epoch FROM send_at - %(now)s), 3))
+FROM smsledger_orders WHERE label = %(label)s AND state = 'scheduled'
+"""
+_RAW_CANCEL_ORDERS = """
+UPDATE smsledger_orders
+SET state = 'cancel_requested', reason = 'cancel requested', updated_at = %(now)s,
+    cancel_requested_at = %(now)s, claim_owner = NULL, claim_expires_at = NULL
+WHERE label = %(label)s AND state = 'scheduled'
+"""
+
+
+def _campaign(url: str, schema: str, n: int) -> None:
+    """`n` orders labelled ``spring`` a day or more ahead and a tenth as many ``other`` (COPY)."""
+    psycopg = _psycopg()
+    Ledger(_in_schema(url, schema)).close()
+    now = _naive(datetime.now(UTC))
+    start = now + timedelta(days=1)
+    order_rows = [
+        (str(FIRST_ID + i), start + timedelta(seconds=i), "scheduled",
+         "spring" if i < n else "other", "registered", 0, 0, now, now)
+        for i in range(n + max(1, n // 10))
+    ]  # fmt: skip
+    event_rows = [(row[0], now, None, "scheduled", "registered", None) for row in order_rows]
+    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
+        with conn.cursor() as cur:
+            _copy_rows(cur, order_rows, event_rows)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE smsledger_orders")
+        conn.execute("ANALYZE smsledger_order_events")
+
+
+def _cancel_contents(url: str, schema: str) -> Any:
+    psycopg = _psycopg()
+    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
+        return (
+            conn.execute(
+                "SELECT order_id, state, reason FROM smsledger_orders ORDER BY order_id"
+            ).fetchall(),
+            conn.execute(
+                "SELECT order_id, from_state, to_state, reason, json_typeof("
+                "details::json -> 'seconds_left') FROM smsledger_order_events ORDER BY order_id, id"
+            ).fetchall(),
+        )
+
+
+def bulk_cancel(ctx: Context, url: str) -> None:
+    n = ctx.size.bulk
+    ours: list[float] = []
+    raw: list[float] = []
+    same = True
+    say(f"  request_cancel_many(label=...) of {n:,} orders vs psycopg UPDATE + INSERT ... SELECT")
+    for _ in range(BULK_REPEATS):
+        with _schemas(url, "ledger", "raw") as (mine, theirs):
+            _campaign(url, mine, n)
+            _campaign(url, theirs, n)
+            psycopg = _psycopg()
+            with psycopg.connect(_libpq(url), options=f"-csearch_path={theirs}") as conn:
+                with stopwatch() as t:
+                    params = {"now": _naive(datetime.now(UTC)), "label": "spring"}
+                    conn.execute(_RAW_CANCEL_EVENTS, params)
+                    done = conn.execute(_RAW_CANCEL_ORDERS, params).rowcount
+                    conn.commit()
+                raw.append(t[0])
+            ledger = Ledger(_in_schema(url, mine))
+            try:
+                with stopwatch() as t:
+                    summary = ledger.request_cancel_many(label="spring")
+                ours.append(t[0])
+            finally:
+                ledger.close()
+            same = (
+                same
+                and done == n == summary.requested
+                and _cancel_contents(url, mine) == _cancel_contents(url, theirs)
+            )
+        say(f"  run: request_cancel_many {ours[-1]:.3f} s, raw {raw[-1]:.3f} s")
+    say(f"  same states and history rows in both schemas: {'yes' if same else 'NO'}")
+    ours_t, raw_t = median(ours), median(raw)
+    ctx.figure(
+        "PostgreSQL bulk cancel",
+        f"request_cancel_many(label=...), {n:,} orders vs psycopg",
+        f"{ours_t:.2f} s ({rate(n, ours_t)})",
+        f"{raw_t:.2f} s ({rate(n, raw_t)}) raw UPDATE + INSERT ... SELECT",
+        raw_t / ours_t,
+        ">= 0.5 of raw (as SQLite)",
+        raw_t / ours_t >= 0.5 and same,
+    )
+
+
+def cancel_throughput(ctx: Context, url: str) -> None:
+    n = ctx.size.cancels[cancels.GOAL_CONCURRENCY]
+    with _schemas(url, "cancels") as (schema,):
+        cancels.one(
+            ctx,
+            cancels.GOAL_CONCURRENCY,
+            n,
+            ledger_url=_in_schema(url, schema),
+            section="PostgreSQL cancel throughput",
+        )
+
+
 def _build(url: str, schema: str, n: int, final: int) -> None:
     """A ledger of `n` future orders and `final` in final states, in a schema the ledger made.
 
@@ -294,4 +457,7 @@ def run(ctx: Context) -> None:
         ctx.figure("PostgreSQL", "ledger on PostgreSQL", "not available", "", None, "", None)
         return
     bulk(ctx, url)
+    one_by_one(ctx, url)
     pass_cost(ctx, url)
+    bulk_cancel(ctx, url)
+    cancel_throughput(ctx, url)

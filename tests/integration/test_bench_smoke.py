@@ -25,6 +25,8 @@ SECTIONS = [
     "cancels",
     "latency",
     "metrics",
+    "logs",
+    "bulk-cancel",
     "postgres",
 ]
 ROWS = [
@@ -36,6 +38,8 @@ ROWS = [
     "| 5 cancel throughput |",
     "| 6 request to first call |",
     "| 7 metrics cost |",
+    "| 8 logs |",
+    "| 9 bulk cancel |",
 ]
 
 
