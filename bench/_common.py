@@ -186,7 +186,13 @@ def write_config(
     once_deadline_seconds: float = 600.0,
 ) -> Path:
     """A config file for a daemon of the benchmarks: sandbox credentials, and the default margins
-    unless `margins` gives (warn_before_seconds, refuse_before_seconds)."""
+    unless `margins` gives (warn_before_seconds, refuse_before_seconds).
+
+    The periodic reconcile is off: at a daemon's start it reads back every order the sandbox
+    knows (the bare client's too, one get-report each), which in a benchmark falls inside the
+    measured span and adds calls to the daemon's orders; a long-running daemon does it once per
+    15 minutes, not at the moment a campaign is stopped.
+    """
     windows = ""
     if margins is not None:
         windows = (
@@ -204,6 +210,9 @@ base_url = {json.dumps(base_url)}
 key = {json.dumps(SANDBOX_KEY)}
 hash = {json.dumps(SANDBOX_HASH)}
 timeout_seconds = {timeout_seconds}
+
+[reconcile]
+every_seconds = 0
 
 [scheduler]
 poll_seconds = {poll_seconds}
