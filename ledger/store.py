@@ -226,14 +226,18 @@ def _sqlite_time(value: str) -> datetime:
 
 def _details_to_db(dialect: Dialect) -> Any:
     """How this dialect stores an event's details (the JSON column type's own conversion)."""
-    column_type = events_t.c.details.type
-    return column_type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+    own = events_t.c.details.type.dialect_impl(dialect).bind_processor(dialect)
+    return own or (lambda value: value)
+
+
+#: `OrderState` by its value: a dict lookup, where calling the enum costs ten times more.
+_STATES = {state.value: state for state in OrderState}
 
 
 def _briefs(conn: Connection, stmt: sa.Select[Any]) -> list[Brief]:
     """The `Brief` rows `stmt` (order id, state, raw send time) selects."""
     to_time = _datetime_from_db(conn.dialect)
-    return [Brief(oid, OrderState(state), to_time(at)) for oid, state, at in conn.execute(stmt)]
+    return [Brief(oid, _STATES[state], to_time(at)) for oid, state, at in conn.execute(stmt)]
 
 
 #: SQLite's default DATETIME storage format: what `_sqlite_stamp` writes.
