@@ -34,6 +34,7 @@ from bench._common import (
     Executed,
     capture_pass,
     daemon_argv,
+    interleaved,
     median,
     once_pass_seconds,
     orders,
@@ -109,6 +110,23 @@ def _copy_rows(
             out.write_row(event_row)
 
 
+def _load(
+    url: str,
+    schema: str,
+    order_rows: Sequence[tuple[Any, ...]],
+    event_rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """COPY the rows into `schema` and ``ANALYZE``, as autovacuum would leave a real ledger."""
+    psycopg = _psycopg()
+    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
+        with conn.cursor() as cur:
+            _copy_rows(cur, order_rows, event_rows)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE smsledger_orders")
+        conn.execute("ANALYZE smsledger_order_events")
+
+
 def raw_bulk(url: str, schema: str, rows: Sequence[tuple[str, datetime]], *, copy: bool) -> None:
     """The baseline: the same orders and events rows through psycopg, one transaction."""
     psycopg = _psycopg()
@@ -136,19 +154,22 @@ def raw_bulk(url: str, schema: str, rows: Sequence[tuple[str, datetime]], *, cop
         conn.commit()
 
 
-def _contents(url: str, schema: str) -> Any:
+def _select(url: str, schema: str, *queries: str) -> list[list[Any]]:
+    """Each query's rows, in `schema`."""
     psycopg = _psycopg()
     with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
-        return (
-            conn.execute(
-                "SELECT order_id, send_at, state, label, reason, cancel_attempts, check_attempts "
-                "FROM smsledger_orders ORDER BY order_id"
-            ).fetchall(),
-            conn.execute(
-                "SELECT order_id, from_state, to_state, reason, coalesce(details::text, 'null') "
-                "FROM smsledger_order_events ORDER BY id"
-            ).fetchall(),
-        )
+        return [conn.execute(query).fetchall() for query in queries]
+
+
+def _contents(url: str, schema: str) -> Any:
+    return _select(
+        url,
+        schema,
+        "SELECT order_id, send_at, state, label, reason, cancel_attempts, check_attempts "
+        "FROM smsledger_orders ORDER BY order_id",
+        "SELECT order_id, from_state, to_state, reason, coalesce(details::text, 'null') "
+        "FROM smsledger_order_events ORDER BY id",
+    )
 
 
 def bulk(ctx: Context, url: str) -> None:
@@ -215,21 +236,16 @@ def raw_one_by_one(url: str, schema: str, rows: Sequence[tuple[str, datetime]]) 
 def one_by_one(ctx: Context, url: str) -> None:
     n = ctx.size.one_by_one
     rows = orders(n)
-    half = n // 2
-    ours = raw = 0.0
     say(f"  register x {n:,}, one transaction each, vs psycopg per-row commits")
     with _schemas(url, "ledger", "raw") as (mine, theirs):
         Ledger(_in_schema(url, theirs)).close()
         ledger = Ledger(_in_schema(url, mine))
         try:
-            for part in (rows[:half], rows[half:]):
-                with stopwatch() as t:
-                    raw_one_by_one(url, theirs, part)
-                raw += t[0]
-                with stopwatch() as t:
-                    for oid, when in part:
-                        ledger.register(oid, when)
-                ours += t[0]
+            raw, ours = interleaved(
+                rows,
+                lambda part: raw_one_by_one(url, theirs, part),
+                lambda part: [ledger.register(oid, when) for oid, when in part],
+            )
         finally:
             ledger.close()
         identical = _contents(url, mine) == _contents(url, theirs)
@@ -261,7 +277,6 @@ WHERE label = %(label)s AND state = 'scheduled'
 
 def _campaign(url: str, schema: str, n: int) -> None:
     """`n` orders labelled ``spring`` a day or more ahead and a tenth as many ``other`` (COPY)."""
-    psycopg = _psycopg()
     Ledger(_in_schema(url, schema)).close()
     now = _naive(datetime.now(UTC))
     start = now + timedelta(days=1)
@@ -271,27 +286,17 @@ def _campaign(url: str, schema: str, n: int) -> None:
         for i in range(n + max(1, n // 10))
     ]  # fmt: skip
     event_rows = [(row[0], now, None, "scheduled", "registered", None) for row in order_rows]
-    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
-        with conn.cursor() as cur:
-            _copy_rows(cur, order_rows, event_rows)
-        conn.commit()
-        conn.autocommit = True
-        conn.execute("ANALYZE smsledger_orders")
-        conn.execute("ANALYZE smsledger_order_events")
+    _load(url, schema, order_rows, event_rows)
 
 
 def _cancel_contents(url: str, schema: str) -> Any:
-    psycopg = _psycopg()
-    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
-        return (
-            conn.execute(
-                "SELECT order_id, state, reason FROM smsledger_orders ORDER BY order_id"
-            ).fetchall(),
-            conn.execute(
-                "SELECT order_id, from_state, to_state, reason, json_typeof("
-                "details::json -> 'seconds_left') FROM smsledger_order_events ORDER BY order_id, id"
-            ).fetchall(),
-        )
+    return _select(
+        url,
+        schema,
+        "SELECT order_id, state, reason FROM smsledger_orders ORDER BY order_id",
+        "SELECT order_id, from_state, to_state, reason, json_typeof(details::json -> "
+        "'seconds_left') FROM smsledger_order_events ORDER BY order_id, id",
+    )
 
 
 def bulk_cancel(ctx: Context, url: str) -> None:
@@ -357,7 +362,6 @@ def _build(url: str, schema: str, n: int, final: int) -> None:
     shown identical to the ledger's, and at about 6,000 orders/s registering a million would
     take longer than everything else together.
     """
-    psycopg = _psycopg()
     Ledger(_in_schema(url, schema)).close()
     now = _naive(datetime.now(UTC))
     order_rows = [
@@ -375,13 +379,7 @@ def _build(url: str, schema: str, n: int, final: int) -> None:
         order_rows.append((oid, send_at, state, None, "bench", 0, 0, now, now))
         event_rows.append((oid, now, None, "scheduled", "registered", None))
         event_rows.append((oid, now, "scheduled", state, "bench", None))
-    with psycopg.connect(_libpq(url), options=f"-csearch_path={schema}") as conn:
-        with conn.cursor() as cur:
-            _copy_rows(cur, order_rows, event_rows)
-        conn.commit()
-        conn.autocommit = True
-        conn.execute("ANALYZE smsledger_orders")
-        conn.execute("ANALYZE smsledger_order_events")
+    _load(url, schema, order_rows, event_rows)
 
 
 def _plans(url: str) -> list[tuple[Executed, list[str]]]:

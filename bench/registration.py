@@ -21,6 +21,7 @@ from bench._common import (
     REPO,
     Context,
     daemon_env,
+    interleaved,
     median,
     orders,
     rate,
@@ -187,19 +188,13 @@ def one_by_one(ctx: Context) -> None:
     rows = orders(n)
     folder = ctx.dir("one-by-one")
     raw_file = _schema_file(folder / "raw.db")
-    # Halves interleaved, so a slow stretch of the disk does not fall on one side only.
-    half = n // 2
-    ours = raw = 0.0
     ledger = Ledger(sqlite_url(folder / "ledger.db"))
     try:
-        for part in (rows[:half], rows[half:]):
-            with stopwatch() as t:
-                raw_one_by_one(raw_file, part)
-            raw += t[0]
-            with stopwatch() as t:
-                for oid, when in part:
-                    ledger.register(oid, when)
-            ours += t[0]
+        raw, ours = interleaved(
+            rows,
+            lambda part: raw_one_by_one(raw_file, part),
+            lambda part: [ledger.register(oid, when) for oid, when in part],
+        )
     finally:
         ledger.close()
     identical = same_rows(folder / "ledger.db", raw_file)

@@ -45,9 +45,6 @@ class Window(StrEnum):
     PAST = "past"  # the send time has come
 
 
-_ZERO = timedelta(0)
-
-
 def window(
     send_at: datetime, now: datetime, warn_before: timedelta, refuse_before: timedelta
 ) -> Window:
@@ -56,12 +53,18 @@ def window(
     Edges belong to the stricter side: exactly `refuse_before` left is already refused, exactly
     `warn_before` left already warns, exactly at `send_at` is past.
     """
-    left = send_at - now
-    if left <= _ZERO:
+    return _classify(send_at, now, now + refuse_before, now + warn_before)
+
+
+def _classify(
+    send_at: datetime, now: datetime, refuse_edge: datetime, warn_edge: datetime
+) -> Window:
+    # `send_at - now <= margin` is `send_at <= now + margin` exactly (whole microseconds).
+    if send_at <= now:
         return Window.PAST
-    if left <= refuse_before:
+    if send_at <= refuse_edge:
         return Window.REFUSE
-    if left <= warn_before:
+    if send_at <= warn_edge:
         return Window.WARN
     return Window.OPEN
 
@@ -121,21 +124,10 @@ class Margins:
 
     def windows(self, now: datetime) -> Callable[[datetime], Window]:
         """`window` for many send times seen from one `now`, its edges computed once: a
-        campaign's cancel classifies 100,000 orders. The same answer as `window` for every
-        send time (`send_at - now <= margin` is `send_at <= now + margin` exactly)."""
+        campaign's cancel classifies 100,000 orders."""
         refuse_edge = now + self.refuse_before
         warn_edge = now + self.warn_before
-
-        def where(send_at: datetime) -> Window:
-            if send_at <= now:
-                return Window.PAST
-            if send_at <= refuse_edge:
-                return Window.REFUSE
-            if send_at <= warn_edge:
-                return Window.WARN
-            return Window.OPEN
-
-        return where
+        return lambda send_at: _classify(send_at, now, refuse_edge, warn_edge)
 
     def retry_fits(self, now: datetime, delay: float, send_at: datetime) -> bool:
         """True when waiting `delay` seconds still leaves the retry outside the refuse margin."""
