@@ -76,8 +76,6 @@ class Cancellable(Protocol):
     @property
     def send_at(self) -> datetime: ...
 
-    def seconds_left(self, now: datetime) -> float: ...
-
 
 def decide_cancel(order: Cancellable, now: datetime, margins: Margins) -> CancelDecision:
     """Decide what asking to cancel `order` at `now` does, under the margins."""

@@ -166,10 +166,6 @@ class Brief(NamedTuple):
     state: OrderState
     send_at: datetime
 
-    def seconds_left(self, now: datetime) -> float:
-        """Seconds from `now` until dispatch; negative once the send time has passed."""
-        return (self.send_at - now).total_seconds()
-
 
 def _order(row: RowMapping | Mapping[str, Any]) -> Order:
     values = {name: row[name] for name in _ORDER_COLUMNS}
