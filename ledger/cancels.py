@@ -23,6 +23,7 @@ from ledger.states import OrderState
 __all__ = [
     "ALREADY_CANCELLING",
     "ON_TRACK",
+    "REQUESTED_REASON",
     "CancelDecider",
     "CancelDecision",
     "CancelOutcome",
@@ -33,6 +34,8 @@ __all__ = [
     "refusal",
 ]
 
+#: The reason a requested cancel records.
+REQUESTED_REASON = "cancel requested"
 #: Asking again for a cancel that is already under way (or done) changes nothing.
 ALREADY_CANCELLING = frozenset(
     {OrderState.CANCEL_REQUESTED, OrderState.CANCELLING, OrderState.CANCELLED}
@@ -105,7 +108,7 @@ class CancelDecider:
             reason = self.margins.refusal(send_at, now)
             return CancelDecision(CancelOutcome.REFUSED, left, OrderState.CANCEL_REFUSED, reason)
         outcome = CancelOutcome.WARNED if where is Window.WARN else CancelOutcome.REQUESTED
-        return CancelDecision(outcome, left, OrderState.CANCEL_REQUESTED, "cancel requested")
+        return CancelDecision(outcome, left, OrderState.CANCEL_REQUESTED, REQUESTED_REASON)
 
 
 def refusal(order: Order, outcome: CancelOutcome, seconds_left: float) -> CancelNotPossible | None:

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,11 +32,14 @@ from ledger.states import OrderState, is_legal
 
 __all__ = [
     "Brief",
+    "BulkChange",
+    "BulkMismatch",
     "Change",
     "ConcurrentRegistration",
     "Store",
     "TransitionResult",
     "display_url",
+    "seconds_left_detail",
 ]
 
 log = get_logger("smsledger.ledger")
@@ -155,6 +158,42 @@ class Change(NamedTuple):
     details: Mapping[str, Any] | None = None
 
 
+def seconds_left_detail(send_at: datetime, now: datetime) -> float:
+    """The seconds from `now` to `send_at` a history row records: whole milliseconds, half up.
+
+    Integer arithmetic, so a campaign's batch computes the same value in SQL (`BulkChange`)."""
+    micros = (send_at - now) // _MICROSECOND
+    return ((micros + 500) // 1000) / 1000
+
+
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BulkChange(NamedTuple):
+    """Changes `Store.transition_batch` writes set-based: every order of a label page in
+    `from_state` whose send time is after `send_after` moves to `to_state` for `reason`, its
+    history row holding ``{"seconds_left": ...}`` (`seconds_left_detail`, computed in SQL).
+
+    A campaign's cancel writes its far-off orders so: two statements a batch instead of a row
+    each way per order (bench/bulk_cancel.py). `covers` says which orders of a batch it takes;
+    the caller decides the others one by one.
+    """
+
+    from_state: OrderState
+    to_state: OrderState
+    reason: str
+    send_after: datetime
+
+    def covers(self, brief: Brief) -> bool:
+        return brief.state is self.from_state and brief.send_at > self.send_after
+
+
+class BulkMismatch(LedgerError):
+    """A set-based write took another number of orders than the batch read (PostgreSQL: an
+    order of that label registered meanwhile); nothing of the batch was written."""
+
+
 class Brief(NamedTuple):
     """What `Store.transition_batch` reads of each order: enough to decide, nothing more.
 
@@ -224,6 +263,31 @@ def _details_to_db(dialect: Dialect) -> Any:
     """How this dialect stores an event's details (the JSON column type's own conversion)."""
     own = events_t.c.details.type.dialect_impl(dialect).bind_processor(dialect)
     return own or (lambda value: value)
+
+
+def _seconds_left_sql(dialect: Dialect, now: datetime) -> sa.ColumnElement[Any] | None:
+    """``{"seconds_left": ...}`` for each order's send time, in SQL, equal to
+    `seconds_left_detail` (whole milliseconds, half up; send times after `now`); None where
+    this dialect has no such expression here."""
+    send_at = orders_t.c.send_at
+    if dialect.name == "postgresql":
+        since = sa.cast(sa.extract("epoch", send_at - sa.literal(now, send_at.type)), sa.Numeric)
+        return sa.func.json_build_object("seconds_left", sa.func.round(since, 3))
+    if _datetime_to_db(dialect) is _sqlite_stamp:  # the stored text: YYYY-MM-DD HH:MM:SS.ffffff
+        epoch = now - _EPOCH
+        seconds, micros = epoch.days * 86_400 + epoch.seconds, epoch.microseconds
+        # Whole microseconds since `now` from the text, then milliseconds rounded half up; the
+        # two integers are ours, written into the statement. The seconds come from the text
+        # without its fraction: SQLite's clock has milliseconds, so strftime('%s') of a time at
+        # .9995 s says the next second.
+        left: sa.ColumnElement[Any] = sa.literal_column(
+            f"((CAST(strftime('%s', substr({send_at.name}, 1, 19)) AS INTEGER) - {seconds})"
+            " * 1000000"
+            f" + CAST(substr({send_at.name}, 21, 6) AS INTEGER) - {micros} + 500)"
+            " / 1000 / 1000.0"
+        )
+        return sa.func.json_object("seconds_left", left)
+    return None
 
 
 #: `OrderState` by its value: a dict lookup, where calling the enum costs ten times more.
@@ -646,6 +710,7 @@ class Store:
         now: datetime,
         values: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        bulk: BulkChange | None = None,
     ) -> list[Brief]:
         """Read a batch of orders, let `decide` say what changes, apply it: one transaction.
 
@@ -657,6 +722,11 @@ class Store:
         same transaction. `values` are set on every changed row. With `dry_run` the batch is only
         read and `decide`'s changes are not applied. Returns the orders as read.
 
+        `bulk` (label pages only): the orders it `covers` are changed set-based (see
+        `BulkChange`) unless this dialect or an alert on its target state needs them one by
+        one; `decide` must leave them out. `BulkMismatch` when the set-based write took another
+        number of orders than the batch read (nothing written; decide again without `bulk`).
+
         Built for campaigns of 100,000 orders (bench/bulk_cancel.py): the batch is read as
         `Brief` rows, each group of like changes is one UPDATE over an id list, the history rows
         one driver-level executemany, and the log gets one line per group of like changes
@@ -664,6 +734,8 @@ class Store:
         """
         if (order_ids is None) == (label_page is None):
             raise ValueError("transition_batch needs either order_ids or label_page")
+        if bulk is not None and label_page is None:
+            raise ValueError("a bulk change is for label pages")
         columns = (
             orders_t.c.order_id,
             orders_t.c.state,
@@ -696,9 +768,85 @@ class Store:
         with self.write() as conn:
             briefs = [b for page in pages for b in _briefs(conn, page)]
             changes = list(decide(briefs))
+            bulked: list[str] = []
+            if bulk is not None and briefs:
+                assert label_page is not None
+                covered = [b for b in briefs if bulk.covers(b)]
+                if {c.order_id for c in changes}.intersection(b.order_id for b in covered):
+                    raise ValueError("decide changed an order the bulk change covers")
+                page_of = (label_page[0], label_page[1], briefs[-1].order_id)
+                if self._apply_bulk(
+                    conn, bulk, page_of, expected=len(covered), now=now, values=values or {}
+                ):
+                    bulked = [b.order_id for b in covered]
+                else:  # one by one after all, with the same values
+                    changes += [
+                        Change(
+                            b.order_id,
+                            bulk.from_state,
+                            bulk.to_state,
+                            bulk.reason,
+                            {"seconds_left": seconds_left_detail(b.send_at, now)},
+                        )
+                        for b in covered
+                    ]
             self._apply_changes(conn, changes, now, values or {})
-        self._log_batch(changes)
+        self._log_batch(changes, bulk, bulked)
         return briefs
+
+    def _apply_bulk(
+        self,
+        conn: Connection,
+        bulk: BulkChange,
+        page: tuple[str, str, str],
+        *,
+        expected: int,
+        now: datetime,
+        values: Mapping[str, Any],
+    ) -> bool:
+        """Write `bulk` over one label page (label, after id, last id) set-based, in `conn`:
+        the history rows by ``INSERT ... SELECT``, then the guarded UPDATE, each checked to take
+        `expected` orders. False (nothing written) where the orders must go one by one: an
+        alert on the target state, or a dialect without the details expression."""
+        if self.alerts is not None and bulk.to_state.value in self.alerts.events:
+            return False
+        details = _seconds_left_sql(conn.dialect, now)
+        if details is None:
+            return False
+        label, after, last = page
+        taken = sa.and_(
+            orders_t.c.label == label,
+            orders_t.c.order_id > after,
+            orders_t.c.order_id <= last,
+            orders_t.c.state == bulk.from_state.value,
+            orders_t.c.send_at > bulk.send_after,
+        )
+        rows = sa.select(
+            orders_t.c.order_id,
+            sa.literal(now, events_t.c.at.type),
+            sa.literal(bulk.from_state.value),
+            sa.literal(bulk.to_state.value),
+            sa.literal(bulk.reason),
+            details,
+        ).where(taken)
+        keys = ["order_id", "at", "from_state", "to_state", "reason", "details"]
+        inserted = conn.execute(events_t.insert().from_select(keys, rows)).rowcount
+        fields: dict[str, Any] = {
+            "state": bulk.to_state.value,
+            "reason": bulk.reason,
+            "updated_at": now,
+        }
+        if bulk.to_state is not OrderState.CANCELLING:
+            fields["claim_owner"] = None
+            fields["claim_expires_at"] = None
+        fields.update(values)
+        updated = conn.execute(orders_t.update().where(taken).values(**fields)).rowcount
+        if inserted != expected or updated != expected:
+            raise BulkMismatch(
+                f"a set-based change took {inserted} and {updated} orders of a batch that read "
+                f"{expected}; nothing of the batch was written"
+            )
+        return True
 
     def _apply_changes(
         self,
@@ -791,13 +939,17 @@ class Store:
         for (to_state, reason), orders in grouped.items():
             self.alerts.on_transition(conn, orders, to_state, reason, now)
 
-    def _log_batch(self, changes: Sequence[Change]) -> None:
+    def _log_batch(
+        self, changes: Sequence[Change], bulk: BulkChange | None = None, bulked: Sequence[str] = ()
+    ) -> None:
         """Log a committed batch: every loud change (`_LOUD`: a person must look at it) on its
         own line as `transition` logs it; the rest as one ``orders_state_changed`` line per
         from/to/reason group (count, first and last order id). Every change keeps its history
         row, and ``smsledger logs --order`` shows it from the ledger where the log has no line.
         """
         quiet: dict[tuple[OrderState, OrderState, str], list[str]] = {}
+        if bulk is not None and bulked:
+            quiet[(bulk.from_state, bulk.to_state, bulk.reason)] = list(bulked)
         for change in changes:
             if change.to_state in _LOUD:
                 self._log_change(

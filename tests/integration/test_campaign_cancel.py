@@ -26,6 +26,7 @@ from ledger import (
 from ledger import api as ledger_api
 from ledger.config import ALERT_EVENTS
 from ledger.outbox import AlertPolicy, alerts_t
+from ledger.store import BulkMismatch, Store, seconds_left_detail
 
 T0 = datetime(2030, 6, 1, 9, 0, tzinfo=UTC)
 S = OrderState
@@ -164,11 +165,13 @@ def test_a_campaign_mixing_every_margin_and_state_is_counted_as_the_ledger_shows
         assert again.already == summary.requested + summary.warned + summary.already
 
 
+@pytest.mark.parametrize("by", ["ids", "label"])
 def test_each_order_ends_exactly_as_request_cancel_would_leave_it(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, by: str
 ) -> None:
     """Two ledgers with the same campaign: one order at a time through `request_cancel`, all at
-    once through `request_cancel_many`; states, reasons and history rows are the same."""
+    once through `request_cancel_many` (by ids: decided one by one; by label: the far-off orders
+    written set-based); states, reasons and history rows are the same."""
     one_clock = FakeClock(T0)
     with (
         Ledger(f"sqlite:///{tmp_path / 'one.db'}", clock=one_clock) as one,
@@ -181,7 +184,10 @@ def test_each_order_ends_exactly_as_request_cancel_would_leave_it(
         for oid in expected:
             with contextlib.suppress(CancelNotPossible):
                 one.request_cancel(oid)
-        many.request_cancel_many(list(expected))
+        if by == "ids":
+            many.request_cancel_many(list(expected))
+        else:
+            many.request_cancel_many(label="spring")
 
         def story(ledger: Ledger) -> dict[str, object]:
             return {
@@ -245,11 +251,12 @@ def test_ids_unknown_to_the_ledger_are_counted_and_the_others_still_cancelled(
         assert ledger.request_cancel_many(label="nobody-uses-this").results == ()
 
 
-def test_a_batch_s_guarded_update_finds_its_orders_by_id_on_sqlite(tmp_path: Path) -> None:
+def test_a_batch_s_writes_find_their_orders_by_id_or_by_label_on_sqlite(tmp_path: Path) -> None:
     """Given ``order_id IN (...) AND state = ?``, SQLite's planner took the (state, send_at)
     index and scanned every order in that state for each batch: a 100,000-order campaign's
     cancel grew with the square of its size (3.2 s, 1.8 s once fixed; bench/bulk_cancel.py).
-    Each guarded UPDATE must look its orders up by primary key."""
+    A batch by ids must look its orders up by primary key; a label's set-based writes must
+    range over the label index."""
     plans: list[str] = []
     with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
         ledger.register_many(
@@ -260,16 +267,103 @@ def test_a_batch_s_guarded_update_finds_its_orders_by_id_on_sqlite(tmp_path: Pat
         def explain(
             conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
         ) -> None:
-            if statement.startswith("UPDATE smsledger_orders") and not many:
+            writes = ("UPDATE smsledger_orders", "INSERT INTO smsledger_order_events")
+            if statement.startswith(writes) and not many:
                 found = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, params)
-                plans.extend(row[3] for row in found)
+                plans.append(" / ".join(row[3] for row in found))
 
         sa.event.listen(ledger.store.db.engine, "before_cursor_execute", explain)
+        by_ids = ledger.request_cancel_many([f"x-{n}" for n in range(50)])
+        by_ids_plans, plans[:] = list(plans), []
+        by_label = ledger.request_cancel_many(label="spring")
+
+    assert by_ids.requested == by_label.requested == 50
+    assert by_ids_plans, "the batch ran its guarded UPDATE"
+    pk = "sqlite_autoindex_smsledger_orders_1 (order_id=?)"
+    assert all(pk in plan for plan in by_ids_plans), by_ids_plans
+    assert len(plans) == 2, plans  # INSERT ... SELECT and UPDATE
+    label_range = "ix_smsledger_orders_label_order_id (label=? AND order_id>? AND order_id<?)"
+    assert all(label_range in plan for plan in plans), plans
+
+
+#: Send times a day after T0, to the microsecond: each side of a half millisecond.
+MICROS = (0, 1, 499, 500, 501, 999, 123_456, 999_500, 999_999)
+
+
+def test_far_orders_written_set_based_record_what_one_by_one_records(
+    ledger_url: str, clock: FakeClock
+) -> None:
+    """The set-based write computes each history row's ``seconds_left`` in SQL; it must be the
+    value `request_cancel` records for the same order at the same instant, on both dialects."""
+    with Ledger(ledger_url, clock=clock) as ledger:
+        for label in ("bulk", "single"):
+            ledger.register_many(
+                [
+                    (f"{label}-{n}", T0 + timedelta(days=1, hours=n, microseconds=micros), label)
+                    for n, micros in enumerate(MICROS)
+                ]
+            )
+        clock.set(T0 + timedelta(microseconds=250_777))
+        for n in range(len(MICROS)):
+            ledger.request_cancel(f"single-{n}")
+
+        summary = ledger.request_cancel_many(label="bulk")
+
+        assert summary.requested == len(MICROS)
+        for n, micros in enumerate(MICROS):
+            send_at = T0 + timedelta(days=1, hours=n, microseconds=micros)
+            bulk, single = ledger.history(f"bulk-{n}")[-1], ledger.history(f"single-{n}")[-1]
+            expected = seconds_left_detail(send_at, clock())
+            assert bulk.details == single.details == {"seconds_left": expected}, n
+            assert (bulk.to_state, bulk.reason, bulk.at) == (
+                single.to_state,
+                single.reason,
+                single.at,
+            )
+
+
+def test_a_set_based_write_that_takes_other_orders_is_decided_again_one_by_one(
+    ledger_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: an order of the label registered during the batch makes the set-based write
+    take one more than the batch read; the batch rolls back and is decided without it."""
+    real = Store._apply_bulk
+    tries: list[int] = []
+
+    def one_mismatch(self: Store, conn: Any, *args: Any, **kwargs: Any) -> bool:
+        tries.append(1)
+        done = real(self, conn, *args, **kwargs)
+        if len(tries) == 1:
+            raise BulkMismatch("simulated: another order of the label appeared")
+        return done
+
+    monkeypatch.setattr(Store, "_apply_bulk", one_mismatch)
+    with Ledger(ledger_url, clock=clock) as ledger:
+        ledger.register_many([(f"o-{n}", T0 + timedelta(days=1), "spring") for n in range(30)])
+
         summary = ledger.request_cancel_many(label="spring")
 
-    assert summary.requested == 50
-    assert plans, "the batch ran its guarded UPDATE"
-    assert all("sqlite_autoindex_smsledger_orders_1 (order_id=?)" in plan for plan in plans), plans
+        assert summary.requested == 30 and len(tries) == 1, "the retry went one by one"
+        for n in range(30):
+            events = ledger.history(f"o-{n}")
+            assert [e.to_state for e in events] == [S.SCHEDULED, S.CANCEL_REQUESTED]
+
+
+def test_an_alert_on_the_target_state_writes_the_far_orders_one_by_one(
+    ledger_url: str, clock: FakeClock
+) -> None:
+    """Alerts need the order rows: an alert on ``cancel_requested`` (a policy a program may
+    set) keeps the far-off orders out of the set-based write, and each gets its alert."""
+    with Ledger(ledger_url, clock=clock) as ledger:
+        ledger.register_many([(f"o-{n}", T0 + timedelta(days=1), "spring") for n in range(20)])
+        ledger.store.alerts = AlertPolicy(frozenset({"cancel_requested"}))
+
+        summary = ledger.request_cancel_many(label="spring")
+
+        with ledger.store.read() as conn:
+            alerted = conn.execute(sa.select(alerts_t.c.order_id)).scalars().all()
+        assert summary.requested == 20
+        assert sorted(alerted) == sorted(f"o-{n}" for n in range(20))
 
 
 @pytest.mark.parametrize(
