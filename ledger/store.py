@@ -808,6 +808,10 @@ class Store:
         the history rows by ``INSERT ... SELECT``, then the guarded UPDATE, each checked to take
         `expected` orders. False (nothing written) where the orders must go one by one: an
         alert on the target state, or a dialect without the details expression."""
+        if not is_legal(bulk.from_state, bulk.to_state):
+            raise IllegalTransition(
+                f"{bulk.from_state.value} -> {bulk.to_state.value} is not legal"
+            )
         if self.alerts is not None and bulk.to_state.value in self.alerts.events:
             return False
         details = _seconds_left_sql(conn.dialect, now)
