@@ -834,7 +834,11 @@ class Store:
             details,
         ).where(taken)
         keys = ["order_id", "at", "from_state", "to_state", "reason", "details"]
-        inserted = conn.execute(events_t.insert().from_select(keys, rows)).rowcount
+        insert = events_t.insert().from_select(keys, rows)
+        if conn.dialect.name == "postgresql":  # SQLAlchemy reports no rowcount for it there
+            inserted = len(conn.execute(insert.returning(events_t.c.id)).all())
+        else:
+            inserted = conn.execute(insert).rowcount
         fields: dict[str, Any] = {
             "state": bulk.to_state.value,
             "reason": bulk.reason,

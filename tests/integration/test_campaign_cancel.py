@@ -291,10 +291,24 @@ MICROS = (0, 1, 499, 500, 501, 999, 123_456, 999_500, 999_999)
 
 
 def test_far_orders_written_set_based_record_what_one_by_one_records(
-    ledger_url: str, clock: FakeClock
+    ledger_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The set-based write computes each history row's ``seconds_left`` in SQL; it must be the
-    value `request_cancel` records for the same order at the same instant, on both dialects."""
+    value `request_cancel` records for the same order at the same instant, on both dialects
+    (and the set-based write must really have run, not its one-by-one fallback)."""
+    real = Store._apply_bulk
+    written: list[object] = []
+
+    def recorded(self: Store, conn: Any, *args: Any, **kwargs: Any) -> bool:
+        try:
+            done = real(self, conn, *args, **kwargs)
+        except BulkMismatch as exc:
+            written.append(exc)
+            raise
+        written.append(done)
+        return done
+
+    monkeypatch.setattr(Store, "_apply_bulk", recorded)
     with Ledger(ledger_url, clock=clock) as ledger:
         for label in ("bulk", "single"):
             ledger.register_many(
@@ -310,6 +324,7 @@ def test_far_orders_written_set_based_record_what_one_by_one_records(
         summary = ledger.request_cancel_many(label="bulk")
 
         assert summary.requested == len(MICROS)
+        assert written == [True], written
         for n, micros in enumerate(MICROS):
             send_at = T0 + timedelta(days=1, hours=n, microseconds=micros)
             bulk, single = ledger.history(f"bulk-{n}")[-1], ledger.history(f"single-{n}")[-1]
