@@ -495,8 +495,6 @@ class Ledger:
         warned: list[tuple[str, float]] = []
 
         def decide(orders: list[Brief]) -> list[Change]:
-            results.clear()
-            warned.clear()
             changes = []
             for order in orders:
                 if far is not None and far.covers(order):

@@ -36,7 +36,6 @@ __all__ = [
     "rotated_logs",
     "with_event",
     "with_history",
-    "with_registration",
 ]
 
 #: Severity order of the levels the log writer uses; a `--level` shows that level and above.
@@ -96,18 +95,20 @@ def with_event(lines: Iterable[str], event: Event) -> Iterator[str]:
     to see whether the log has the event itself.
     """
     at = event.at.astimezone(UTC)
-    record: dict[str, Any] = {
-        "timestamp": at.isoformat().replace("+00:00", "Z"),
-        "level": "info",
-        "event": "order_state_changed",
-        "order_id": event.order_id,
-        "from_state": event.from_state.value if event.from_state else None,
-        "to_state": event.to_state.value,
-        "reason": event.reason,
-    }
-    if event.details:
-        record["details"] = dict(event.details)
-    text = json.dumps({**record, "source": "ledger"})
+    details = {"details": dict(event.details)} if event.details else {}
+    text = json.dumps(
+        {
+            "timestamp": at.isoformat().replace("+00:00", "Z"),
+            "level": "info",
+            "event": "order_state_changed",
+            "order_id": event.order_id,
+            "from_state": event.from_state.value if event.from_state else None,
+            "to_state": event.to_state.value,
+            "reason": event.reason,
+            **details,
+            "source": "ledger",
+        }
+    )
     held: list[str] = []
     settled = False  # the event is either shown already or known to be in the log
     for line in lines:
@@ -133,11 +134,6 @@ def with_event(lines: Iterable[str], event: Event) -> Iterator[str]:
     if not settled:
         yield text
         yield from held
-
-
-def with_registration(lines: Iterable[str], registration: Event) -> Iterator[str]:
-    """`with_event` for an order's registration (kept for callers of the first version)."""
-    return with_event(lines, registration)
 
 
 def _is_logged(record: dict[str, Any], event: Event, when: datetime | None) -> bool:

@@ -17,8 +17,8 @@ from scheduler.cli.logs import (
     read_lines,
     record_time,
     rotated_logs,
+    with_event,
     with_history,
-    with_registration,
 )
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
@@ -161,9 +161,7 @@ def test_the_ledger_registration_goes_before_the_first_later_line() -> None:
         json.dumps(rec(timestamp="2026-11-28T11:00:00Z", order_id="7", to_state="dispatched")),
     ]
 
-    merged = list(
-        with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
-    )
+    merged = list(with_event(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC))))
 
     assert merged[0] == lines[0] and merged[2] == lines[1]
     added = parse_record(merged[1])
@@ -185,15 +183,13 @@ def test_a_registration_the_log_already_has_is_not_added_twice() -> None:
     lines = [json.dumps(rec(order_id="7", from_state=None, to_state="scheduled"))]
 
     registration = _registration("7", datetime(2026, 11, 28, tzinfo=UTC))
-    assert list(with_registration(lines, registration)) == lines
+    assert list(with_event(lines, registration)) == lines
 
 
 def test_a_registration_later_than_every_line_goes_last() -> None:
     lines = ["not json", json.dumps(rec(timestamp="2026-11-28T09:00:00Z"))]
 
-    merged = list(
-        with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
-    )
+    merged = list(with_event(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC))))
 
     assert merged[:2] == lines
     assert parse_record(merged[2])["order_id"] == "7"  # type: ignore[index]
@@ -236,7 +232,7 @@ def test_the_log_s_own_registration_a_little_after_the_ledger_s_time_is_not_doub
     )
     lines = [json.dumps(rec(timestamp="2026-11-28T10:00:01Z", event="other")), own]
 
-    merged = with_registration(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
+    merged = with_event(lines, _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
 
     assert list(merged) == lines
 
@@ -244,9 +240,7 @@ def test_the_log_s_own_registration_a_little_after_the_ledger_s_time_is_not_doub
 def test_lines_stream_through_once_past_the_registration_lookahead() -> None:
     """Only the lines of the minute after the registration are held back."""
     later = [json.dumps(rec(timestamp=f"2026-11-28T1{h}:00:00Z")) for h in range(1, 4)]
-    merged = with_registration(
-        iter(later), _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC))
-    )
+    merged = with_event(iter(later), _registration("7", datetime(2026, 11, 28, 10, tzinfo=UTC)))
 
     assert parse_record(next(merged))["source"] == "ledger"  # type: ignore[index]
     assert next(merged) == later[0], "given before the rest was read"
