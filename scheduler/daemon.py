@@ -66,7 +66,15 @@ from scheduler.probing import DEFAULT_MAX_PROBES_PER_ORDER, LeadRecorder, Prober
 from scheduler.provider.client import CallObserved, IletiMerkeziClient
 from scheduler.skew import SkewEstimator
 
-__all__ = ["Daemon", "PassReport", "lease_for", "make_owner", "owner_is_gone", "run_daemon"]
+__all__ = [
+    "Daemon",
+    "PassReport",
+    "ServeSignals",
+    "lease_for",
+    "make_owner",
+    "owner_is_gone",
+    "run_daemon",
+]
 
 log = get_logger("smsledger.daemon")
 
@@ -126,6 +134,30 @@ class PassReport:
             "started": self.started,
             "finished": len(self.finished),
         }
+
+
+class ServeSignals:
+    """What `Daemon.serve`'s signal handlers leave for its loop: the handlers only set flags.
+
+    A Python signal handler runs on the main thread between any two bytecodes, possibly while
+    that thread holds the log writer's lock, which is not reentrant: a handler that logged could
+    deadlock the daemon, which would then ignore SIGTERM. So `serve` logs the stop and reopens
+    the log (SIGHUP) on its next tick instead.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.hangup = threading.Event()
+        #: The first stop signal received, for the ``daemon_stopping`` line.
+        self.received: int | None = None
+
+    def on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        self.stop.set()
+
+    def on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.hangup.set()
 
 
 class Daemon:
@@ -682,21 +714,14 @@ class Daemon:
         Returns the exit status: 0, or 1 when the ledger file was removed or replaced. Signal
         handlers are installed only on the main thread (tests serve on another one).
         """
-        stop = stop or threading.Event()
-
-        def _on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("daemon_stopping", signal=signal.Signals(signum).name)
-            stop.set()
-
-        def _on_hangup(_signum: int, _frame: FrameType | None) -> None:
-            log.info("log_reopened", paths=reopen_log_files())
-
+        signals = ServeSignals(stop or threading.Event())
+        stop = signals.stop
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {
-                sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+                sig: signal.signal(sig, signals.on_stop) for sig in (signal.SIGTERM, signal.SIGINT)
             }
-            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signals.on_hangup)
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self._safe_pass,
@@ -713,8 +738,13 @@ class Daemon:
             self._sender.start()
         try:
             while not stop.wait(SERVE_TICK_SECONDS) and not self.ledger_lost.is_set():
+                if signals.hangup.is_set():
+                    signals.hangup.clear()
+                    log.info("log_reopened", paths=reopen_log_files())
                 self._keep_schedule(scheduler, poll_seconds)
         finally:
+            if signals.received is not None:
+                log.info("daemon_stopping", signal=signal.Signals(signals.received).name)
             scheduler.shutdown(wait=True)
             drained = self.stop()
             if self._sender is not None:
